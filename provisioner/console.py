@@ -1,0 +1,181 @@
+"""Drive the live system's serial console: log in, get a clean shell, run commands.
+
+The archiso console is hostile to a program: zsh with grml's prompt (rebuilt before every
+command, colours, NUL padding, bracketed paste), a motd with escapes, kernel messages.
+So the driver logs in, proves the shell executes commands with a probe whose answer its
+echo cannot contain, leaves zsh for a bash without rc files and without line editing,
+turns echo off, and sets a prompt that carries the exit status and a per-run nonce
+between quotes that the rendered prompt does not contain. Every wait also watches for a
+kernel panic, archiso's rescue shell, QEMU's end (EOF) and the timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pexpect
+
+from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, ProvisionError
+
+LOGIN_PROMPT = "archiso login: "
+PANIC = r"Kernel panic - not syncing[^\r\n]*"
+# archiso's initramfs shell when it cannot find the ISO (wrong UUID/label, ip=dhcp).
+RESCUE = r"\[rootfs ~?\]# "
+# A line longer than the tty's canonical buffer (4095) would be cut silently.
+MAX_COMMAND = 3500
+
+
+class Transcript:
+    """The console transcript file: everything the guest printed, secrets redacted.
+
+    Used as pexpect's ``logfile_read``. ``on_line`` sees each complete line, for the
+    progress display.
+    """
+
+    def __init__(self, path: Path, redact: tuple[str, ...] = (), on_line: Callable[[str], None] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = path.open("a", encoding="utf-8", errors="replace")
+        self._redact = tuple(secret for secret in redact if secret)
+        self.on_line = on_line
+        self._partial = ""
+
+    def write(self, data: str) -> None:
+        for secret in self._redact:
+            data = data.replace(secret, "<redacted>")
+        self._file.write(data.replace("\x00", ""))
+        if self.on_line is not None:
+            self._partial += data
+            *lines, self._partial = self._partial.replace("\r", "\n").split("\n")
+            for line in lines:
+                if line.strip():
+                    self.on_line(line)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def note(self, text: str) -> None:
+        """A line of our own in the transcript, marked as such."""
+        self._file.write(f"\n[provision-arch] {text}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    status: int
+    output: str
+
+
+class Console:
+    def __init__(self, child: pexpect.spawn, scale: float = 1.0) -> None:
+        self.child = child
+        self.scale = scale
+        self.nonce = secrets.token_hex(4)
+        self.prompt_re = re.compile(rf"PA_{self.nonce}_(\d+)_PROMPT> ")
+        self.ps2 = f"PA_{self.nonce}_CONTINUATION> "
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def expect(self, patterns: dict[str, str], timeout: float, waiting_for: str) -> str:
+        """Wait for one of ``patterns`` (name -> regex); return the name that matched.
+
+        A kernel panic, the rescue shell, QEMU's end and the timeout are always watched
+        and raise, with the last output as evidence.
+        """
+        names = [*patterns, "panic", "rescue"]
+        regexes: list[object] = [*patterns.values(), PANIC, RESCUE, pexpect.EOF, pexpect.TIMEOUT]
+        index = self.child.expect(regexes, timeout=timeout * self.scale)
+        seen = self._before()
+        if index < len(patterns):
+            return names[index]
+        name = names[index] if index < len(names) else ("eof" if index == len(names) else "timeout")
+        if name == "panic":
+            raise BootFailed("the guest kernel panicked", "see the transcript for the panic message", output=seen + str(self.child.after))
+        if name == "rescue":
+            raise BootFailed(
+                "the ISO dropped to its rescue shell [rootfs ~]# (it did not find its own boot medium)",
+                "the ISO's label or UUID did not match (a damaged or non-Arch ISO?); do not pass ip= options",
+                output=seen,
+            )
+        if name == "eof":
+            raise BootFailed(f"QEMU ended while waiting for {waiting_for}", "see the transcript for the guest's last words", output=seen)
+        raise ConsoleTimeout(waiting_for, timeout * self.scale, seen)
+
+    def _before(self) -> str:
+        before = self.child.before
+        return before if isinstance(before, str) else ""
+
+    # -- getting a shell ---------------------------------------------------------------
+
+    def login(self, boot_timeout: float = 900.0) -> None:
+        """Log in as root (empty password on the ISO) and reach the clean shell."""
+        self.expect({"login": re.escape(LOGIN_PROMPT)}, boot_timeout, f"'{LOGIN_PROMPT.strip()}' prompt")
+        self.child.send("root\r")
+        self._await_shell()
+        # bash without rc files and readline: no colours, no bracketed paste, no right prompt.
+        self.child.send("exec bash --norc --noprofile --noediting\r")
+        self.child.send(
+            "stty -echo; export TERM=dumb NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 LC_ALL=C; "
+            f"unset PROMPT_COMMAND; PS2='PA_{self.nonce}''_CONTINUATION> '; PS1='PA_{self.nonce}''_$?_PROMPT> '\r"
+        )
+        self.expect({"prompt": self.prompt_re.pattern}, 60, "shell prompt after login")
+
+    def _await_shell(self, attempts: int = 20) -> None:
+        """Send a probe until the login shell runs it.
+
+        The answer (PA_READY_42) differs from what the echo shows (PA_READY_$((6*7))), so
+        only an executing shell can produce it, whatever its prompt looks like.
+        """
+        for _ in range(attempts):
+            self.child.send("echo PA_READY_$((6*7))\r")
+            try:
+                self.expect({"ready": r"PA_READY_42"}, 15, "a shell after logging in as root")
+                return
+            except ConsoleTimeout:
+                continue
+        raise ConsoleTimeout("a shell after logging in as root", 15 * attempts, self._before())
+
+    # -- commands ----------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = 120.0) -> Result:
+        """Run one shell command line; return its status and output."""
+        if "\n" in command or len(command) > MAX_COMMAND:
+            raise ProvisionError(f"internal: command unfit for the console ({len(command)} chars or a newline)")
+        self.child.send(command + "\r")
+        matched = self.expect(
+            {"prompt": self.prompt_re.pattern, "continuation": re.escape(self.ps2)},
+            timeout,
+            f"the end of: {command}",
+        )
+        output = self._before().replace("\r", "").replace("\x00", "").strip("\n")
+        if matched == "continuation":
+            # An unbalanced quote: never wait on it, cancel and report.
+            self.child.sendintr()
+            self.expect({"prompt": self.prompt_re.pattern}, 30, "the prompt after cancelling")
+            raise ProvisionError(f"internal: the guest shell wanted more input after: {command}")
+        match = self.prompt_re.search(str(self.child.after))
+        status = int(match[1]) if match else -1
+        return Result(command, status, output)
+
+    def check(self, command: str, timeout: float = 120.0, hint: str = "") -> str:
+        """Run a command; raise CommandFailed with its output when the status is not 0."""
+        result = self.run(command, timeout)
+        if result.status != 0:
+            raise CommandFailed(command, result.status, result.output, hint or "see the output above and the transcript")
+        return result.output
+
+    def poweroff(self, timeout: float = 120.0) -> None:
+        """Power off and wait for QEMU to end."""
+        self.child.send("poweroff\r")
+        index = self.child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout * self.scale)
+        if index == 1:
+            raise ConsoleTimeout("QEMU exit after poweroff", timeout * self.scale, self._before())

@@ -1,0 +1,214 @@
+"""QEMU command lines as data, and the Machine that runs one and always ends it.
+
+``install_argv`` and ``boot_argv`` are pure functions, unit-tested against the seed's
+two commands. ``Machine`` spawns QEMU on a pseudo-terminal (its serial console), under
+``unshare --map-auto --map-root-user`` when we are not root, and on exit waits a bounded
+time for the guest to power off, then terminates it, then kills it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import pexpect
+
+from provisioner.config import Accel
+from provisioner.errors import HostError
+from provisioner.iso import BootFiles
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+MOUNT_TAG = "fsRoot"
+# The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
+MSIZE = 512000
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+ROOT_APPEND = (
+    f"root={MOUNT_TAG} rw rootfstype=9p "
+    f"rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
+)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    memory: int
+    cpus: int
+    accel: Accel  # KVM or TCG here: AUTO is resolved before argv is built
+
+
+def qemu_value(path: Path) -> str:
+    """A path inside a QEMU option value: commas are doubled."""
+    return str(path).replace(",", ",,")
+
+
+def _common(hw: Hardware, share: Path) -> list[str]:
+    cpu = "host" if hw.accel is Accel.KVM else "max"
+    return [
+        QEMU,
+        "-machine", "pc,dump-guest-core=off",
+        "-accel", hw.accel.value,
+        "-cpu", cpu,
+        "-m", str(hw.memory),
+        "-smp", str(hw.cpus),
+        "-rtc", "base=utc",
+        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{MOUNT_TAG},path={qemu_value(share.resolve())}",
+        "-device", f"virtio-9p-pci,id={MOUNT_TAG},fsdev=fsdev-{MOUNT_TAG},mount_tag={MOUNT_TAG}",
+        "-netdev", "user,id=net0",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-display", "none",
+        "-vga", "none",
+        "-parallel", "none",
+        "-sandbox", SANDBOX,
+    ]  # fmt: skip
+
+
+def install_argv(hw: Hardware, iso: Path, boot: BootFiles, target: Path, mirror: str | None = None) -> list[str]:
+    """Boot the ISO's kernel directly with a serial console for the driver.
+
+    No ``ip=dhcp`` (it switches archiso to PXE mode). Kernel messages stay on until the
+    driver logs in (they explain a failed boot in the transcript); systemd's status lines
+    would interleave with command output, so they are off. ``panic=-1`` with
+    ``-no-reboot`` turns a guest panic into QEMU exiting, which the driver sees as EOF.
+    """
+    append = [
+        *boot.kernel_args(),
+        "console=ttyS0,115200",
+        "systemd.show_status=false",
+        "systemd.tty.term.console=dumb",
+        "panic=-1",
+    ]
+    if mirror:
+        append.append(f"mirror={mirror}")
+    return [
+        *_common(hw, target),
+        "-kernel", str(boot.kernel),
+        "-initrd", str(boot.initrd),
+        "-append", " ".join(append),
+        "-drive", f"file={qemu_value(iso.resolve())},media=cdrom,readonly=on,if=ide",
+        "-chardev", "stdio,id=console,signal=off",
+        "-serial", "chardev:console",
+        "-monitor", "none",
+        "-no-reboot",
+    ]  # fmt: skip
+
+
+def boot_argv(hw: Hardware, target: Path) -> list[str]:
+    """The seed's second command: the installed system on its 9p root.
+
+    The console is the user's terminal, multiplexed with the monitor: Ctrl-C goes to the
+    guest, Ctrl-A X quits QEMU.
+    """
+    root = target.resolve()
+    return [
+        *_common(hw, target),
+        "-kernel", str(root / "boot/vmlinuz-linux"),
+        "-initrd", str(root / "boot/initramfs-linux.img"),
+        "-append", ROOT_APPEND,
+        "-chardev", "stdio,id=console,mux=on,signal=off",
+        "-serial", "chardev:console",
+        "-mon", "chardev=console,mode=readline",
+        "-boot", "strict=on",
+    ]  # fmt: skip
+
+
+def wrap(argv: Sequence[str], *, as_root: bool) -> list[str]:
+    """Run QEMU in a user namespace when we are not root.
+
+    Guest root then writes files as the invoking user, other guest ids land in the
+    user's subuid range, and passthrough's chown works without privileges.
+    """
+    if as_root:
+        return list(argv)
+    return ["unshare", "--map-auto", "--map-root-user", *argv]
+
+
+def resolve_accel(accel: Accel) -> Accel:
+    """AUTO: KVM when /dev/kvm is usable and the CPU offers virtualisation, else TCG."""
+    if accel is not Accel.AUTO:
+        return accel
+    if os.access("/dev/kvm", os.R_OK | os.W_OK) and _cpu_has_virtualisation():
+        return Accel.KVM
+    return Accel.TCG
+
+
+def _cpu_has_virtualisation() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "vmx" in flags or "svm" in flags
+    except OSError:
+        pass
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if provision-arch dies (even by SIGKILL), QEMU gets SIGTERM."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class Machine:
+    """A running QEMU whose serial console is ``self.child``; always ended on exit."""
+
+    def __init__(self, argv: Sequence[str], logfile: object | None = None, shutdown_grace: float = 60.0) -> None:
+        self.argv = list(argv)
+        self.logfile = logfile
+        self.shutdown_grace = shutdown_grace
+        self.child: pexpect.spawn | None = None
+
+    def __enter__(self) -> Machine:
+        log.debug("+ %s", shlex.join(self.argv))
+        try:
+            self.child = pexpect.spawn(
+                self.argv[0],
+                self.argv[1:],
+                encoding="utf-8",
+                codec_errors="replace",
+                timeout=None,
+                dimensions=(50, 200),
+                preexec_fn=_die_with_parent,
+            )
+        except pexpect.ExceptionPexpect as exc:
+            raise HostError(f"cannot start {self.argv[0]}: {exc}", "install it: apt-get install qemu-system-x86 util-linux uidmap") from exc
+        if self.logfile is not None:
+            self.child.logfile_read = self.logfile  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop(graceful=exc_type is None)
+
+    @property
+    def alive(self) -> bool:
+        return self.child is not None and self.child.isalive()
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait for QEMU to end by itself (guest poweroff); True when it did."""
+        if self.child is None:
+            return True
+        try:
+            self.child.expect(pexpect.EOF, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return False
+        self.child.wait()
+        return True
+
+    def stop(self, *, graceful: bool) -> None:
+        if self.child is None:
+            return
+        if graceful and self.child.isalive():
+            self.wait_exit(self.shutdown_grace)
+        if self.child.isalive():
+            # SIGHUP, SIGINT, then SIGKILL: QEMU ends cleanly on the first two.
+            self.child.terminate(force=True)
+        self.child.close(force=True)
