@@ -1,0 +1,195 @@
+"""Build the offline stand-in of the Arch package repositories (core, extra).
+
+The PKGBUILDs under ``packages/`` repackage files of this Debian host (busybox,
+the kernel, tzdata, the Arch keyring) as small Arch packages.  makepkg refuses
+to run as root, so each package is built as ``nobody`` in a scratch copy of
+its directory, then collected into ``<out>/<repo>/os/x86_64`` with repo-add.
+
+Usage: python3 -m tests.standin.repo OUTDIR
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PACKAGES_DIR = pathlib.Path(__file__).resolve().parent / "packages"
+ARCH = "x86_64"
+# Which repository each package lives in, as on Arch.
+REPOS: dict[str, list[str]] = {
+    "core": ["busybox", "base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring"],
+    "extra": ["vim", "man-db", "man-pages"],
+}
+BUILD_USER = "nobody"
+# Fixed timestamps make the packages depend on the inputs only.
+SOURCE_DATE_EPOCH = "1704067200"
+
+ZONES = ["Etc/UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Shanghai", "Asia/Tokyo"]
+STANDIN_MODULES = [
+    "9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "virtio", "virtio_ring", "virtio_pci",
+    "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_net", "net_failover", "failover",
+]  # fmt: skip
+
+
+class RepoBuildError(Exception):
+    """The stand-in repository could not be built."""
+
+
+def host_kernel_release() -> str:
+    """The newest kernel release installed on the host (its /boot/vmlinuz-*)."""
+    releases = sorted(
+        p.name.removeprefix("vmlinuz-")
+        for p in pathlib.Path("/boot").glob("vmlinuz-*")
+        if (pathlib.Path("/lib/modules") / p.name.removeprefix("vmlinuz-")).is_dir()
+    )
+    if not releases:
+        raise RepoBuildError("no /boot/vmlinuz-* with a matching /lib/modules/<release> on this host")
+    # Version order, not text order: 6.1.0-10 is newer than 6.1.0-9.
+    return max(releases, key=_release_key)
+
+
+def _release_key(release: str) -> list[tuple[int, str]]:
+    parts = release.replace("-", ".").split(".")
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in parts]
+
+
+def _host_inputs() -> list[pathlib.Path]:
+    """Host files copied into the packages (their content changes the result)."""
+    kver = host_kernel_release()
+    modules = pathlib.Path("/lib/modules") / kver
+    found = [
+        ko
+        for name in STANDIN_MODULES
+        for ko in sorted((modules / "kernel").rglob(f"{name}.ko*"))[:1]
+    ]
+    keyrings = pathlib.Path("/usr/share/keyrings")
+    return [
+        pathlib.Path("/bin/busybox"),
+        pathlib.Path(f"/boot/vmlinuz-{kver}"),
+        modules / "modules.builtin",
+        modules / "modules.order",
+        *found,
+        *(pathlib.Path("/usr/share/zoneinfo") / zone for zone in ZONES),
+        keyrings / "archlinux.gpg",
+        keyrings / "archlinux-trusted",
+        keyrings / "archlinux-revoked",
+    ]
+
+
+def _package_inputs() -> list[pathlib.Path]:
+    return sorted(p for p in PACKAGES_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _inputs() -> list[pathlib.Path]:
+    try:
+        host = _host_inputs()
+    except RepoBuildError:
+        # Importing this module must not fail on a host without a kernel; the
+        # build itself reports it.
+        host = []
+    return [pathlib.Path(__file__).resolve(), *_package_inputs(), *host]
+
+
+INPUTS: list[pathlib.Path] = _inputs()
+
+
+def run(cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] | None = None) -> None:
+    """Run a host command; its output goes into the error on failure."""
+    try:
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise RepoBuildError(f"{cmd[0]} not found (install it on the host)") from exc
+    if proc.returncode != 0:
+        raise RepoBuildError(f"{shlex.join(cmd)} failed with status {proc.returncode}:\n{proc.stdout}")
+
+
+def _build_package(name: str, scratch: pathlib.Path, pkgdest: pathlib.Path, kver: str) -> None:
+    workdir = scratch / name
+    shutil.copytree(PACKAGES_DIR / name, workdir)
+    # makepkg writes src/ and pkg/ beside the PKGBUILD, as the build user.
+    for path in [workdir, *workdir.rglob("*")]:
+        shutil.chown(path, BUILD_USER)
+    env = {
+        "PATH": "/usr/bin:/usr/sbin:/bin:/sbin",
+        "HOME": str(scratch),
+        "LANG": "C.UTF-8",
+        "PKGDEST": str(pkgdest),
+        "SRCDEST": str(workdir),
+        "BUILDDIR": str(scratch / "build"),
+        "PKGEXT": ".pkg.tar.zst",
+        "PACKAGER": "provision-arch offline stand-in <standin@localhost>",
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
+        "STANDIN_KVER": kver,
+    }
+    env_args = [f"{k}={v}" for k, v in env.items()]
+    # runuser drops root for makepkg; env -i keeps the host's environment
+    # (MAKEFLAGS, a user's makepkg overrides) out of the build.
+    run(
+        ["runuser", "-u", BUILD_USER, "--", "env", "-i", *env_args,
+         "makepkg", "--nodeps", "--noconfirm", "--force", "--skipinteg"],
+        cwd=workdir,
+    )  # fmt: skip
+
+
+def build_repo(out: pathlib.Path) -> None:
+    """Fill out/core/os/x86_64 and out/extra/os/x86_64 with packages and databases."""
+    if os.geteuid() != 0:
+        raise RepoBuildError("building the stand-in repository needs root (to run makepkg as nobody)")
+    kver = host_kernel_release()
+    with tempfile.TemporaryDirectory(prefix="standin-repo-") as tmp:
+        scratch = pathlib.Path(tmp)
+        pkgdest = scratch / "pkgs"
+        (scratch / "build").mkdir()
+        pkgdest.mkdir()
+        for path in (scratch, scratch / "build", pkgdest):
+            shutil.chown(path, BUILD_USER)
+        for repo, names in REPOS.items():
+            repodir = out / repo / "os" / ARCH
+            if repodir.exists():
+                shutil.rmtree(repodir)
+            repodir.mkdir(parents=True)
+            built: list[pathlib.Path] = []
+            for name in names:
+                before = set(pkgdest.iterdir())
+                _build_package(name, scratch, pkgdest, kver)
+                new = sorted(set(pkgdest.iterdir()) - before)
+                if not new:
+                    raise RepoBuildError(f"makepkg made no package for {name}")
+                for pkg in new:
+                    target = repodir / pkg.name
+                    shutil.copyfile(pkg, target)
+                    built.append(target)
+            db = repodir / f"{repo}.db.tar.gz"
+            run(["repo-add", "--quiet", str(db), *map(str, built)])
+            # repo-add links <repo>.db -> <repo>.db.tar.gz; a plain copy
+            # survives any way the ISO builder stores the tree.
+            for short, full in ((f"{repo}.db", db), (f"{repo}.files", repodir / f"{repo}.files.tar.gz")):
+                link = repodir / short
+                link.unlink(missing_ok=True)
+                shutil.copyfile(full, link)
+            for old in repodir.glob("*.old"):
+                old.unlink()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python3 -m tests.standin.repo OUTDIR", file=sys.stderr)
+        return 2
+    try:
+        build_repo(pathlib.Path(argv[0]).resolve())
+    except RepoBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
