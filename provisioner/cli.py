@@ -17,15 +17,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
-
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
 from provisioner import __version__, preflight
-from provisioner.config import Accel, Config, build, load_file, merge, split_packages
-from provisioner.errors import EXIT_CODES, ExitCode, ProvisionError, UsageError
+from provisioner.config import Accel, build, load_file, merge, split_packages
+from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
 from provisioner.install import provision
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
@@ -37,7 +36,7 @@ EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT
 class DefaultInstallGroup(TyperGroup):
     """``provision-arch ./base …`` means ``provision-arch install ./base …``."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click.Context (vendored by typer)
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["install", *args]
         return super().parse_args(ctx, args)
@@ -53,7 +52,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
 
 
 def cache_home() -> Path:
@@ -82,7 +81,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Build an Arch Linux root in a host directory from the Arch ISO and boot it under QEMU over 9p."""
 
@@ -104,24 +105,57 @@ def install(
     target: Annotated[Path, typer.Argument(help="Directory to install into (created if missing; must be empty unless --force).")],
     *,
     iso: Annotated[Path | None, typer.Option(help="The Arch ISO (archlinux-YYYY.MM.DD-x86_64.iso).")] = None,
-    package: Annotated[list[str] | None, typer.Option("--package", "-p", help="Package to install (repeatable). Default: base base-devel linux vim man-db man-pages.")] = None,
+    package: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--package", "-p", help="Package to install (repeatable). Default: base base-devel linux vim man-db man-pages."
+        ),
+    ] = None,
     packages: Annotated[str | None, typer.Option(help='Packages as one string, e.g. "base linux vim".')] = None,
     hostname: Annotated[str | None, typer.Option(help="Host name of the new system. [default: archlinux]")] = None,
     timezone: Annotated[str | None, typer.Option(help="Zoneinfo name, e.g. Europe/Berlin. [default: UTC]")] = None,
     locale: Annotated[str | None, typer.Option(help="Locale with charset, e.g. de_DE.UTF-8. [default: en_US.UTF-8]")] = None,
     keymap: Annotated[str | None, typer.Option(help="Console keymap for vconsole.conf. [default: us]")] = None,
-    password_file: Annotated[Path | None, typer.Option(envvar="PROVISION_ARCH_PASSWORD_FILE", help="File whose first line is the root password (hashed on the host, never sent).")] = None,
-    password_hash: Annotated[str | None, typer.Option(envvar="PROVISION_ARCH_PASSWORD_HASH", help="Root password as a crypt hash ($6$… from `openssl passwd -6`).")] = None,
-    mirror: Annotated[str | None, typer.Option(help="Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (passed as mirror= to the ISO).")] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PROVISION_ARCH_PASSWORD_FILE",
+            help="File whose first line is the root password (hashed on the host, never sent).",
+        ),
+    ] = None,
+    password_hash: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROVISION_ARCH_PASSWORD_HASH", help="Root password as a crypt hash ($6$… from `openssl passwd -6`)."
+        ),
+    ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (passed as mirror= to the ISO)."),
+    ] = None,
     memory: Annotated[int | None, typer.Option(help="Guest memory in MiB. [default: 2048]")] = None,
     cpus: Annotated[int | None, typer.Option(help="Guest CPUs. [default: 2]")] = None,
-    accel: Annotated[Accel | None, typer.Option(help="auto: KVM when usable (falls back to TCG if the guest stays silent). [default: auto]")] = None,
-    refresh_keyring: Annotated[bool | None, typer.Option("--refresh-keyring/--no-refresh-keyring", help="Update archlinux-keyring in the live system before pacstrap (old ISOs need it). [default: on]")] = None,
-    timeout_scale: Annotated[float | None, typer.Option(help="Multiply every timeout (slow machines, big package sets). [default: 1.0]")] = None,
+    accel: Annotated[
+        Accel | None, typer.Option(help="auto: KVM when usable (falls back to TCG if the guest stays silent). [default: auto]")
+    ] = None,
+    refresh_keyring: Annotated[
+        bool | None,
+        typer.Option(
+            "--refresh-keyring/--no-refresh-keyring",
+            help="Update archlinux-keyring in the live system before pacstrap (old ISOs need it). [default: on]",
+        ),
+    ] = None,
+    timeout_scale: Annotated[
+        float | None, typer.Option(help="Multiply every timeout (slow machines, big package sets). [default: 1.0]")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with any of these options (command line wins).")] = None,
-    log: Annotated[Path | None, typer.Option(help="Console transcript file. [default: TARGET/.provision-arch/console.log]")] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Console transcript file. [default: TARGET/.provision-arch/console.log]")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Install into a non-empty target directory.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")
+    ] = False,
 ) -> None:
     """Install Arch Linux into TARGET: boot the ISO in QEMU, pacstrap over 9p, configure, power off."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
@@ -181,8 +215,6 @@ def boot(
 
 
 def _host_error(problem: preflight.Problem) -> ProvisionError:
-    from provisioner.errors import HostError
-
     return HostError(problem.message, problem.fix)
 
 

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pexpect
 
@@ -76,7 +76,7 @@ class Result:
 
 
 class Console:
-    def __init__(self, child: pexpect.spawn, scale: float = 1.0) -> None:
+    def __init__(self, child: pexpect.spawn[str], scale: float = 1.0) -> None:
         self.child = child
         self.scale = scale
         self.nonce = secrets.token_hex(4)
@@ -92,14 +92,16 @@ class Console:
         and raise, with the last output as evidence.
         """
         names = [*patterns, "panic", "rescue"]
-        regexes: list[object] = [*patterns.values(), PANIC, RESCUE, pexpect.EOF, pexpect.TIMEOUT]
+        regexes: list[Any] = [*patterns.values(), PANIC, RESCUE, pexpect.EOF, pexpect.TIMEOUT]
         index = self.child.expect(regexes, timeout=timeout * self.scale)
         seen = self._before()
         if index < len(patterns):
             return names[index]
         name = names[index] if index < len(names) else ("eof" if index == len(names) else "timeout")
         if name == "panic":
-            raise BootFailed("the guest kernel panicked", "see the transcript for the panic message", output=seen + str(self.child.after))
+            raise BootFailed(
+                "the guest kernel panicked", "see the transcript for the panic message", output=seen + str(self.child.after)
+            )
         if name == "rescue":
             raise BootFailed(
                 "the ISO dropped to its rescue shell [rootfs ~]# (it did not find its own boot medium)",
@@ -107,7 +109,9 @@ class Console:
                 output=seen,
             )
         if name == "eof":
-            raise BootFailed(f"QEMU ended while waiting for {waiting_for}", "see the transcript for the guest's last words", output=seen)
+            raise BootFailed(
+                f"QEMU ended while waiting for {waiting_for}", "see the transcript for the guest's last words", output=seen
+            )
         raise ConsoleTimeout(waiting_for, timeout * self.scale, seen)
 
     def _before(self) -> str:

@@ -52,8 +52,7 @@ def wait_keyring(con: Console, cfg: Config, timeout: float) -> None:
     """pacman-init waits for time sync, which never comes without NTP: bound the wait."""
     seconds = int(timeout * con.scale)
     loop = (
-        "until systemctl is-active -q pacman-init.service; do "
-        "systemctl is-failed -q pacman-init.service && exit 3; sleep 1; done"
+        "until systemctl is-active -q pacman-init.service; do systemctl is-failed -q pacman-init.service && exit 3; sleep 1; done"
     )
     result = con.run(f"timeout {seconds} sh -c {q(loop)}", timeout + 30)
     if result.status == 124:
@@ -63,28 +62,41 @@ def wait_keyring(con: Console, cfg: Config, timeout: float) -> None:
             exit_code=ConsoleTimeout.exit_code,
         )
     if result.status != 0:
-        raise CommandFailed("pacman-init.service", result.status, con.run("systemctl status pacman-init.service").output,
-                            "the live system could not initialise its keyring; see the transcript")
+        raise CommandFailed(
+            "pacman-init.service",
+            result.status,
+            con.run("systemctl status pacman-init.service").output,
+            "the live system could not initialise its keyring; see the transcript",
+        )
 
 
 def mount_target(con: Console, cfg: Config, timeout: float) -> None:
     run_id = (cfg.state_dir / "run-id").read_text(encoding="ascii").strip()
-    con.check(f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}", timeout,
-              hint="the ISO's kernel could not mount the 9p share")
+    con.check(
+        f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
+        timeout,
+        hint="the ISO's kernel could not mount the 9p share",
+    )
     # Prove that /mnt is this run's target and not something else.
     con.check(f"grep -qx {q(run_id)} {STATE}/run-id", timeout, hint="the share mounted at /mnt is not the target directory")
 
 
 def refresh_keyring(con: Console, cfg: Config, timeout: float) -> None:
     """Old ISOs carry old keys: update archlinux-keyring in the live system first."""
-    con.check("pacman -Sy --noconfirm archlinux-keyring", timeout,
-              hint="the mirror could not be reached or the keyring did not install; try --mirror URL or --no-refresh-keyring")
+    con.check(
+        "pacman -Sy --noconfirm archlinux-keyring",
+        timeout,
+        hint="the mirror could not be reached or the keyring did not install; try --mirror URL or --no-refresh-keyring",
+    )
 
 
 def pacstrap(con: Console, cfg: Config, timeout: float) -> None:
     packages = " ".join(q(name) for name in cfg.packages)
-    con.check(f"pacstrap -K {MNT} {packages}", timeout,
-              hint="see the pacman output above: a misspelt package (pacman -Ss NAME) or an unreachable mirror (--mirror URL)")
+    con.check(
+        f"pacstrap -K {MNT} {packages}",
+        timeout,
+        hint="see the pacman output above: a misspelt package (pacman -Ss NAME) or an unreachable mirror (--mirror URL)",
+    )
 
 
 def configure(con: Console, cfg: Config, timeout: float) -> None:
@@ -95,14 +107,18 @@ def configure(con: Console, cfg: Config, timeout: float) -> None:
         staged = f"{STATE}/rootfs{path}"
         con.check(f"install -D -m 0644 {q(staged)} {q(MNT + str(path))}", timeout)
     con.check(f"printf '%s\\n' {q(cfg.locale_gen_line)} >> {MNT}/etc/locale.gen", timeout)
-    con.check(f"arch-chroot {MNT} locale-gen", timeout, hint=f"locale-gen rejected {cfg.locale!r}; see /etc/locale.gen for valid names")
+    con.check(
+        f"arch-chroot {MNT} locale-gen", timeout, hint=f"locale-gen rejected {cfg.locale!r}; see /etc/locale.gen for valid names"
+    )
     con.check(f"arch-chroot {MNT} systemctl enable {' '.join(SERVICES)}", timeout)
     # Outside the chroot: arch-chroot bind-mounts its own resolv.conf over the target's.
     con.check(f"ln -sf /run/systemd/resolve/stub-resolv.conf {MNT}/etc/resolv.conf", timeout)
 
 
 def build_initramfs(con: Console, cfg: Config, timeout: float) -> None:
-    con.check(f"arch-chroot {MNT} mkinitcpio -P", timeout, hint="mkinitcpio failed; the rendered /etc/mkinitcpio.conf is in the target")
+    con.check(
+        f"arch-chroot {MNT} mkinitcpio -P", timeout, hint="mkinitcpio failed; the rendered /etc/mkinitcpio.conf is in the target"
+    )
 
 
 def set_password(con: Console, cfg: Config, timeout: float) -> None:
@@ -118,8 +134,13 @@ def unmount(con: Console, cfg: Config, timeout: float) -> None:
 STEPS: list[Step] = [
     Step("keyring", "Waiting for the live system's pacman keyring", wait_keyring, 600),
     Step("mount", "Mounting the target over 9p", mount_target, 60),
-    Step("refresh-keyring", "Updating archlinux-keyring in the live system", refresh_keyring, 900,
-         enabled=lambda cfg: cfg.refresh_keyring),
+    Step(
+        "refresh-keyring",
+        "Updating archlinux-keyring in the live system",
+        refresh_keyring,
+        900,
+        enabled=lambda cfg: cfg.refresh_keyring,
+    ),
     Step("pacstrap", "Installing packages (pacstrap)", pacstrap, 7200),
     Step("configure", "Configuring the system (arch-chroot)", configure, 600),
     Step("initramfs", "Building the initramfs (mkinitcpio -P)", build_initramfs, 1800),

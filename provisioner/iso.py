@@ -87,7 +87,9 @@ def read_boot_files(iso: Path, cache_dir: Path) -> BootFiles:
             raise IsoError(f"{iso} has no Rock Ridge names; it is not an archiso image", "give the official Arch ISO with --iso")
         uuids = [m[1] for name in _names(cd, "/boot") if (m := UUID_RE.match(name))]
         if not LABEL_RE.match(label) and not uuids:
-            raise IsoError(f"{iso} is not an Arch ISO (volume label {label!r}, no /boot/*.uuid)", "give the official Arch ISO with --iso")
+            raise IsoError(
+                f"{iso} is not an Arch ISO (volume label {label!r}, no /boot/*.uuid)", "give the official Arch ISO with --iso"
+            )
         dest = cache_dir / cache_key(iso)
         kernel, initrd = dest / "vmlinuz-linux", dest / "initramfs-linux.img"
         if not (kernel.is_file() and initrd.is_file()):

@@ -16,7 +16,9 @@ from provisioner.errors import UsageError
 
 # SHA-512 ($6$), SHA-256 ($5$) and yescrypt ($y$): what Arch's PAM and chpasswd -e accept.
 # The character set also rules out ':' and newlines, which would break chpasswd's input.
-HASH_RE = re.compile(r"^\$(6|5)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}$|^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$")
+HASH_RE = re.compile(
+    r"^\$(6|5)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}$|^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$"
+)
 
 # crypt(3)'s default round count: what `openssl passwd -6` and shadow's chpasswd produce.
 # A bigger count costs seconds at every login on an emulated (TCG) guest.
@@ -45,7 +47,9 @@ def check_hash(value: str) -> str:
     value = value.strip()
     if not HASH_RE.match(value):
         # Say what is wrong without echoing the value back.
-        raise UsageError("--password-hash is not a crypt hash", "make one with: openssl passwd -6  (type the password at its prompt)")
+        raise UsageError(
+            "--password-hash is not a crypt hash", "make one with: openssl passwd -6  (type the password at its prompt)"
+        )
     return value
 
 

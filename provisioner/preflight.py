@@ -90,7 +90,10 @@ def check_target(target: Path, force: bool) -> Iterator[Problem]:
     if target.is_dir():
         entries = [entry.name for entry in target.iterdir()]
         if entries and not force:
-            yield Problem(f"{target} is not empty ({len(entries)} entries)", f"use an empty directory, or add --force to install over {target}")
+            yield Problem(
+                f"{target} is not empty ({len(entries)} entries)",
+                f"use an empty directory, or add --force to install over {target}",
+            )
         if not os.access(target, os.W_OK | os.X_OK):
             yield Problem(f"{target} is not writable by {getpass.getuser()}", f"sudo chown {getpass.getuser()} {target}")
         return
@@ -116,7 +119,9 @@ def check_iso(iso: Path) -> Iterator[Problem]:
 def check_installed(target: Path) -> Iterator[Problem]:
     for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
         if not (target / name).is_file():
-            yield Problem(f"{target / name} is missing: {target} is not an installed system", f"install first: provision-arch {target}")
+            yield Problem(
+                f"{target / name} is missing: {target} is not an installed system", f"install first: provision-arch {target}"
+            )
 
 
 def is_root() -> bool:

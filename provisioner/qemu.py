@@ -32,8 +32,7 @@ MOUNT_TAG = "fsRoot"
 MSIZE = 512000
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 ROOT_APPEND = (
-    f"root={MOUNT_TAG} rw rootfstype=9p "
-    f"rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
+    f"root={MOUNT_TAG} rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
 )
 
 
@@ -165,7 +164,7 @@ class Machine:
         self.argv = list(argv)
         self.logfile = logfile
         self.shutdown_grace = shutdown_grace
-        self.child: pexpect.spawn | None = None
+        self.child: pexpect.spawn[str] | None = None
 
     def __enter__(self) -> Machine:
         log.debug("+ %s", shlex.join(self.argv))
@@ -180,7 +179,9 @@ class Machine:
                 preexec_fn=_die_with_parent,
             )
         except pexpect.ExceptionPexpect as exc:
-            raise HostError(f"cannot start {self.argv[0]}: {exc}", "install it: apt-get install qemu-system-x86 util-linux uidmap") from exc
+            raise HostError(
+                f"cannot start {self.argv[0]}: {exc}", "install it: apt-get install qemu-system-x86 util-linux uidmap"
+            ) from exc
         if self.logfile is not None:
             self.child.logfile_read = self.logfile  # type: ignore[assignment]
         return self

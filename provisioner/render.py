@@ -29,7 +29,7 @@ def environment() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,  # config files, not HTML
+        autoescape=False,  # noqa: S701 - config files, not HTML: escaping would corrupt them
     )
 
 

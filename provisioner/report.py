@@ -29,7 +29,7 @@ class Timing:
 
 @dataclass
 class Progress:
-    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
     verbose: bool = False
     timings: list[Timing] = field(default_factory=list)
     _live: Live | None = None

@@ -20,6 +20,4 @@ def run(argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProce
     if shutil.which(argv[0]) is None:
         raise NotFound(argv[0])
     log.debug("+ %s", shlex.join(argv))
-    return subprocess.run(
-        list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)

@@ -1,0 +1,96 @@
+"""The CLI: help, errors as one line + hint + documented exit code, `boot --print`."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from provisioner.cli import app
+from provisioner.errors import ExitCode
+
+runner = CliRunner()
+
+
+def installed(tmp_path: Path) -> Path:
+    base = tmp_path / "base"
+    (base / "boot").mkdir(parents=True)
+    (base / "boot/vmlinuz-linux").write_bytes(b"k")
+    (base / "boot/initramfs-linux.img").write_bytes(b"i")
+    return base
+
+
+@pytest.mark.parametrize("args", [["--help"], ["./base", "--help"], ["boot", "--help"], ["install", "--help"]])
+def test_help_explains_every_option(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Exit codes:" in result.output
+
+
+def test_install_help_lists_the_options() -> None:
+    output = runner.invoke(app, ["./base", "--help"]).output
+    for option in ("--iso", "--package", "--packages", "--hostname", "--timezone", "--locale", "--keymap",
+                   "--password-file", "--password-hash", "--mirror", "--memory", "--cpus", "--accel", "--log",
+                   "--force", "--verbose", "--config"):  # fmt: skip
+        assert option in output
+
+
+def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
+    base = installed(tmp_path)
+    result = runner.invoke(app, ["boot", str(base), "--print", "--accel", "tcg"])
+    assert result.exit_code == 0, result.output
+    argv = shlex.split(result.output.strip())
+    assert "qemu-system-x86_64" in argv
+    assert argv[argv.index("-kernel") + 1] == f"{base}/boot/vmlinuz-linux"
+    assert argv[argv.index("-append") + 1].startswith("root=fsRoot rw rootfstype=9p")
+
+
+def test_boot_of_a_directory_that_is_not_installed(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["boot", str(tmp_path), "--print"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "not an installed system" in result.output
+    assert "hint:" in result.output
+
+
+def test_bad_hostname_is_a_usage_error(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", "x.iso", "--password-file", str(pw), "--hostname", "a b"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "invalid hostname 'a b'" in result.output
+
+
+def test_missing_password_without_a_terminal(tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", "x.iso"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "no root password given" in result.output
+    assert "--password-file" in result.output
+
+
+def test_missing_iso_is_a_host_problem_and_the_password_never_shows(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-Value\n")
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso"), "--password-file", str(pw)])
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "none.iso does not exist" in result.output
+    assert "s3cret-Value" not in result.output
+    assert not (tmp_path / "b").exists(), "a failed preflight must not create the target"
+
+
+def test_non_empty_target_needs_force(tmp_path: Path) -> None:
+    target = tmp_path / "full"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    iso = tmp_path / "a.iso"
+    iso.write_bytes(b"")
+    result = runner.invoke(app, [str(target), "--iso", str(iso), "--password-hash", "$6$abc$" + "A" * 86])
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "is not empty" in result.output and "--force" in result.output
+    assert (target / "keep.txt").read_text() == "user data"
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("provision-arch ")

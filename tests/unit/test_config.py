@@ -1,0 +1,77 @@
+"""Config validation: every value that reaches the guest is checked once, here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.config import Accel, Config, build, load_file, merge, split_packages
+from provisioner.errors import UsageError
+
+
+def make(**kwargs: object) -> Config:
+    return build({"target": Path("/t"), **kwargs})
+
+
+def test_defaults_are_the_seeds() -> None:
+    cfg = make()
+    assert cfg.packages == ("base", "base-devel", "linux", "vim", "man-db", "man-pages")
+    assert cfg.locale_gen_line == "en_US.UTF-8 UTF-8"
+    assert cfg.accel is Accel.AUTO
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("hostname", "bad host"), ("hostname", "-lead"), ("hostname", "a;reboot"), ("hostname", "x" * 64),
+        ("locale", "en_US"), ("locale", "en_US.UTF-8'; rm -rf /"), ("timezone", "../../etc/passwd"),
+        ("timezone", "Europe/Berlin;id"), ("keymap", "us$(id)"), ("mirror", "https://m.example/$(id)"),
+        ("mirror", "https://m.example/a b"), ("mirror", "javascript:alert(1)"), ("memory", 100), ("cpus", 0),
+        ("packages", ("vim;reboot",)), ("packages", ("$(id)",)), ("packages", ("-Syu",)), ("packages", ("a|b",)),
+        ("packages", ()), ("accel", "hvf"), ("memory", "lots"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_refused(key: str, value: object) -> None:
+    with pytest.raises(UsageError):
+        make(**{key: value})
+
+
+def test_good_values_pass() -> None:
+    cfg = make(hostname="dev-box.lan", locale="de_DE.UTF-8", timezone="America/Argentina/Buenos_Aires",
+               keymap="de-latin1", mirror="https://geo.mirror.pkgbuild.com",
+               packages=("base", "linux", "python-pip", "gtk3", "libc++"))  # fmt: skip
+    assert cfg.locale_gen_line == "de_DE.UTF-8 UTF-8"
+
+
+def test_the_password_hash_never_shows_in_repr() -> None:
+    cfg = make(password_hash="$6$salt$" + "x" * 86)
+    assert "xxxx" not in repr(cfg)
+
+
+def test_split_packages_accepts_both_forms() -> None:
+    assert split_packages(["base", "vim git", "a,b"]) == ("base", "vim", "git", "a", "b")
+
+
+def test_config_file_and_command_line_merge(tmp_path: Path) -> None:
+    file = tmp_path / "box.toml"
+    file.write_text('hostname = "fromfile"\npackages = ["base", "linux"]\nmemory = 4096\niso = "arch.iso"\n')
+    values = merge({"hostname": "fromcli", "memory": None}, load_file(file))
+    cfg = build({**values, "target": tmp_path / "t"})
+    assert cfg.hostname == "fromcli"
+    assert cfg.memory == 4096
+    assert cfg.packages == ("base", "linux")
+    assert cfg.iso == tmp_path / "arch.iso"  # relative to the config file
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.toml"
+    typo.write_text('hostnme = "x"\n')
+    with pytest.raises(UsageError, match="unknown key"):
+        load_file(typo)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("hostname = \n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_file(broken)
+    with pytest.raises(UsageError, match="cannot read"):
+        load_file(tmp_path / "missing.toml")

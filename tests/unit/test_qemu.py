@@ -1,0 +1,81 @@
+"""QEMU command lines, checked against the seed's two commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from provisioner.config import Accel
+from provisioner.iso import BootFiles
+from provisioner.qemu import Hardware, boot_argv, install_argv, qemu_value, wrap
+
+HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
+BOOT = BootFiles(
+    label="ARCH_202611", uuid="2026-11-01-10-00-00-00", kernel=Path("/c/vmlinuz-linux"), initrd=Path("/c/initramfs-linux.img")
+)
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    """Every value given to a flag, in order."""
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_boot_argv_is_the_seeds_second_command(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    argv = boot_argv(HW, base)
+    assert argv[0] == "qemu-system-x86_64"
+    assert option(argv, "-kernel") == [f"{base}/boot/vmlinuz-linux"]
+    assert option(argv, "-initrd") == [f"{base}/boot/initramfs-linux.img"]
+    assert option(argv, "-append") == [
+        "root=fsRoot rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=mmap,posixacl console=ttyS0"
+    ]
+    assert option(argv, "-fsdev") == [f"local,security_model=passthrough,multidevs=remap,id=fsdev-fsRoot,path={base}"]
+    assert option(argv, "-device")[0] == "virtio-9p-pci,id=fsRoot,fsdev=fsdev-fsRoot,mount_tag=fsRoot"
+    assert option(argv, "-sandbox") == ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    assert option(argv, "-rtc") == ["base=utc"]
+    assert option(argv, "-boot") == ["strict=on"]
+    assert option(argv, "-netdev") == ["user,id=net0"]
+    assert option(argv, "-m") == ["2048"] and option(argv, "-smp") == ["2"]
+    assert option(argv, "-accel") == ["tcg"]
+
+
+def test_install_argv_boots_the_iso_kernel_with_a_serial_console(tmp_path: Path) -> None:
+    iso = tmp_path / "arch.iso"
+    argv = install_argv(HW, iso, BOOT, tmp_path / "base")
+    assert option(argv, "-kernel") == ["/c/vmlinuz-linux"]
+    assert option(argv, "-initrd") == ["/c/initramfs-linux.img"]
+    append = option(argv, "-append")[0].split()
+    assert append[:3] == ["archisobasedir=arch", "archisosearchuuid=2026-11-01-10-00-00-00", "console=ttyS0,115200"]
+    assert "panic=-1" in append
+    assert not any(arg.startswith("ip=") for arg in append), "ip= switches archiso to PXE mode"
+    assert option(argv, "-drive") == [f"file={iso},media=cdrom,readonly=on,if=ide"]
+    assert option(argv, "-chardev") == ["stdio,id=console,signal=off"]
+    assert option(argv, "-serial") == ["chardev:console"]
+    assert option(argv, "-monitor") == ["none"]
+    assert "-no-reboot" in argv
+    assert option(argv, "-fsdev") == [f"local,security_model=passthrough,multidevs=remap,id=fsdev-fsRoot,path={tmp_path}/base"]
+
+
+def test_install_argv_passes_the_mirror_and_falls_back_to_the_label(tmp_path: Path) -> None:
+    no_uuid = BootFiles(label="ARCH_202405", uuid=None, kernel=BOOT.kernel, initrd=BOOT.initrd)
+    append = option(install_argv(HW, tmp_path / "a.iso", no_uuid, tmp_path, "https://m.example/arch"), "-append")[0].split()
+    assert "archisolabel=ARCH_202405" in append
+    assert "mirror=https://m.example/arch" in append
+
+
+def test_commas_in_paths_are_doubled(tmp_path: Path) -> None:
+    odd = tmp_path / "a,b"
+    assert qemu_value(odd) == f"{tmp_path}/a,,b"
+    argv = boot_argv(HW, odd)
+    assert option(argv, "-fsdev")[0].endswith(f"path={tmp_path}/a,,b")
+
+
+def test_kvm_uses_the_host_cpu() -> None:
+    argv = boot_argv(Hardware(memory=4096, cpus=4, accel=Accel.KVM), Path("/b"))
+    assert option(argv, "-accel") == ["kvm"] and option(argv, "-cpu") == ["host"]
+
+
+def test_wrap_uses_a_user_namespace_only_when_not_root() -> None:
+    assert wrap(["qemu-system-x86_64", "-m", "1"], as_root=False) == [
+        "unshare", "--map-auto", "--map-root-user", "qemu-system-x86_64", "-m", "1",
+    ]  # fmt: skip
+    assert wrap(["qemu-system-x86_64"], as_root=True) == ["qemu-system-x86_64"]
