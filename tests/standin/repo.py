@@ -29,6 +29,7 @@ BUILD_USER = "nobody"
 # Fixed timestamps make the packages depend on the inputs only.
 SOURCE_DATE_EPOCH = "1704067200"
 
+# Zones (base) and kernel modules (linux) the packages ship; passed to makepkg.
 ZONES = ["Etc/UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Shanghai", "Asia/Tokyo"]
 STANDIN_MODULES = [
     "9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "virtio", "virtio_ring", "virtio_pci",
@@ -62,11 +63,7 @@ def _host_inputs() -> list[pathlib.Path]:
     """Host files copied into the packages (their content changes the result)."""
     kver = host_kernel_release()
     modules = pathlib.Path("/lib/modules") / kver
-    found = [
-        ko
-        for name in STANDIN_MODULES
-        for ko in sorted((modules / "kernel").rglob(f"{name}.ko*"))[:1]
-    ]
+    found = [ko for name in STANDIN_MODULES for ko in sorted((modules / "kernel").rglob(f"{name}.ko*"))[:1]]
     keyrings = pathlib.Path("/usr/share/keyrings")
     return [
         pathlib.Path("/bin/busybox"),
@@ -128,6 +125,8 @@ def _build_package(name: str, scratch: pathlib.Path, pkgdest: pathlib.Path, kver
         "PACKAGER": "provision-arch offline stand-in <standin@localhost>",
         "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
         "STANDIN_KVER": kver,
+        "STANDIN_MODULES": " ".join(STANDIN_MODULES),
+        "STANDIN_ZONES": " ".join(ZONES),
     }
     env_args = [f"{k}={v}" for k, v in env.items()]
     # runuser drops root for makepkg; env -i keeps the host's environment
