@@ -1,0 +1,1 @@
+"""Offline stand-in of the Arch Linux ISO for the VM tests."""

@@ -1,0 +1,571 @@
+"""Build the offline stand-in of the Arch Linux ISO from Debian packages.
+
+The real ISO cannot be downloaded on this project's machines, so the VM tests
+boot this image instead. It copies the real ISO's layout and the behaviours
+listed in /work/shared/ARCHISO.md: volume label and UUID file, kernel and
+initramfs paths, archiso kernel parameters, serial getty, empty root password,
+a grml-like zsh prompt, pacman-init.service, choose-mirror and a pacman
+repository baked into the ISO at /repo/.
+
+Run as root from the project root: ``python3 -m tests.standin.build``. The
+ISO's absolute path is the last line on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import importlib
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+
+HERE = pathlib.Path(__file__).resolve().parent
+DATA = HERE / "iso"
+
+KERNEL_VERSION = "6.1.0-56-amd64"
+SUITE = "bookworm"
+ISO_NAME = "archlinux-standin-x86_64.iso"
+
+# A fixed build date keeps the label, the UUID and therefore the content hash
+# independent of the day the stand-in happens to be built.
+BUILD_YEAR, BUILD_MONTH, BUILD_DAY = 2026, 11, 1
+LABEL = f"ARCH_{BUILD_YEAR:04d}{BUILD_MONTH:02d}"
+UUID = f"{BUILD_YEAR:04d}-{BUILD_MONTH:02d}-{BUILD_DAY:02d}-00-00-00-00"
+# xorriso's --modification-date is what blkid reports as the UUID of an
+# ISO 9660 volume; the real ISO sets both from the same build time.
+ISO_MODIFICATION_DATE = f"{BUILD_YEAR:04d}{BUILD_MONTH:02d}{BUILD_DAY:02d}00000000"
+SOURCE_DATE_EPOCH = "1793491200"  # 2026-11-01T00:00:00Z
+
+# Packages of the live root on top of debootstrap's minbase: what pacstrap,
+# arch-chroot, pacman-key, systemd-networkd/resolved and `mount -t 9p` need.
+ROOTFS_INCLUDE = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dbus",
+    "libpam-systemd",
+    "systemd-resolved",
+    "zsh",
+    "pacman-package-manager",
+    "arch-install-scripts",
+    "archlinux-keyring",
+    "gnupg",
+    "util-linux",
+    "iproute2",
+    "procps",
+    "less",
+)
+# Bump when the way the debootstrap root is made changes.
+ROOTFS_RECIPE = "1"
+
+# Host packages whose files end up in the image or shape it: their versions
+# are part of the cache key.
+HOST_PACKAGES = (
+    f"linux-image-{KERNEL_VERSION}",
+    "busybox-static",
+    "debootstrap",
+    "squashfs-tools",
+    "xorriso",
+    "cpio",
+    "kmod",
+    "pacman-package-manager",
+    "makepkg",
+)
+
+# Modules the initramfs loads before it looks for the ISO: the CD drive on
+# the pc and q35 machines, virtio disks, loop + squashfs + overlay for the
+# live root.
+INITRAMFS_MODULES = (
+    "ata_piix",
+    "ahci",
+    "sr_mod",
+    "sd_mod",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "cdrom",
+    "isofs",
+    "loop",
+    "squashfs",
+    "overlay",
+)
+
+# Module directories of no use in a QEMU guest; dropping them keeps the
+# squashfs (and its compression time) smaller.
+MODULE_DIRS_DROPPED = (
+    "kernel/drivers/gpu",
+    "kernel/drivers/media",
+    "kernel/drivers/infiniband",
+    "kernel/drivers/iio",
+    "kernel/drivers/staging",
+    "kernel/drivers/net/wireless",
+    "kernel/drivers/bluetooth",
+    "kernel/sound",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
+    "kernel/net/bluetooth",
+)
+
+# Units of a Debian minbase root that only cost boot time in a live system.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-firstboot.service",
+    "systemd-pstore.service",
+    "systemd-journal-flush.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "getty@tty1.service",
+)
+ENABLED_UNITS = {
+    "pacman-init.service": "multi-user.target",
+    "choose-mirror.service": "multi-user.target",
+    "systemd-networkd.service": "multi-user.target",
+    "systemd-resolved.service": "multi-user.target",
+}
+
+
+class BuildError(Exception):
+    """The stand-in could not be built; the message says which step failed."""
+
+
+def log(message: str) -> None:
+    print(f"standin: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def step(title: str) -> Iterator[None]:
+    log(f"{title}…")
+    start = time.monotonic()
+    yield
+    log(f"{title} done in {time.monotonic() - start:.1f}s")
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    stdin_data: bytes | None = None,
+    capture: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: pathlib.Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    argv = [os.fspath(c) for c in cmd]
+    if os.environ.get("PROVISION_ARCH_STANDIN_DEBUG"):
+        log(f"+ {shlex.join(argv)}")
+    try:
+        return subprocess.run(
+            argv,
+            input=stdin_data,
+            stdin=None if stdin_data is not None else subprocess.DEVNULL,
+            # Child output goes to stderr: stdout carries only the ISO path.
+            stdout=subprocess.PIPE if capture else sys.stderr,
+            stderr=sys.stderr,
+            check=True,
+            env=None if env is None else {**os.environ, **env},
+            cwd=cwd,
+        )
+    except FileNotFoundError as exc:
+        raise BuildError(f"{argv[0]} not found (install the Debian package providing it)") from exc
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"command failed with exit code {exc.returncode}: {shlex.join(argv)}") from exc
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(
+        os.environ.get("PROVISION_ARCH_STANDIN_CACHE", "/var/cache/provision-arch-standin")
+    )
+
+
+def package_versions(names: Sequence[str]) -> list[str]:
+    out = run(
+        ["dpkg-query", "-W", "-f", "${Package}=${Version}\\n", *names], capture=True
+    ).stdout.decode()
+    return sorted(out.split())
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt uses, so debootstrap works wherever apt does."""
+    override = os.environ.get("PROVISION_ARCH_STANDIN_MIRROR")
+    if override:
+        return override
+    sources = [pathlib.Path("/etc/apt/sources.list")]
+    sources_d = pathlib.Path("/etc/apt/sources.list.d")
+    if sources_d.is_dir():
+        sources += sorted(sources_d.iterdir())
+    for path in sources:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split()
+            # deb822 ("URIs: …") and one-line ("deb [opts] URI suite …") formats.
+            for word in words:
+                if word.startswith("http") and word.rstrip("/").endswith("/debian"):
+                    return word.rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+def hash_tree(digest: hashlib._Hash, root: pathlib.Path) -> None:
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            digest.update(f"L {rel} {os.readlink(path)}\n".encode())
+        elif path.is_file():
+            mode = path.stat().st_mode & 0o777
+            digest.update(f"F {rel} {mode:o} {path.stat().st_size}\n".encode())
+            digest.update(path.read_bytes())
+
+
+def load_repo_module() -> ModuleType | None:
+    try:
+        return importlib.import_module("tests.standin.repo")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("tests.standin.repo",):
+            raise
+        return None
+
+
+def rootfs_key() -> str:
+    digest = hashlib.sha256()
+    for part in (ROOTFS_RECIPE, SUITE, debian_mirror(), *ROOTFS_INCLUDE):
+        digest.update(part.encode() + b"\n")
+    for version in package_versions(["debootstrap"]):
+        digest.update(version.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def iso_key(repo: ModuleType | None) -> str:
+    digest = hashlib.sha256()
+    digest.update(rootfs_key().encode() + b"\n")
+    digest.update(pathlib.Path(__file__).read_bytes())
+    hash_tree(digest, DATA)
+    if repo is not None:
+        inputs: list[pathlib.Path] = list(repo.INPUTS)
+        for path in sorted(inputs):
+            digest.update(f"R {path}\n".encode())
+            if path.is_dir():
+                hash_tree(digest, path)
+            else:
+                digest.update(path.read_bytes())
+    else:
+        digest.update(b"fallback-repo\n")
+    for version in package_versions(HOST_PACKAGES):
+        digest.update(version.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def make_world_readable(path: pathlib.Path) -> None:
+    for parent in (path, *path.parents):
+        if parent == pathlib.Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o005)
+
+
+def ensure_rootfs(cache: pathlib.Path) -> pathlib.Path:
+    """The debootstrap root, cached by its own inputs: editing the init script
+    or the overlay must not cost another debootstrap run."""
+    final = cache / f"rootfs-{rootfs_key()}"
+    if (final / "root" / "usr").is_dir():
+        log(f"debootstrap root cached at {final}")
+        return final / "root"
+    cache.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=".rootfs-", dir=cache))
+    try:
+        with step(f"debootstrap {SUITE} (minbase)"):
+            run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(ROOTFS_INCLUDE)}",
+                    SUITE,
+                    work / "root",
+                    debian_mirror(),
+                ]
+            )
+        # The downloaded .debs are 70 MB of no use in the live system.
+        for deb in (work / "root/var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final / "root"
+
+
+def install_modules(live: pathlib.Path) -> None:
+    source = pathlib.Path("/lib/modules") / KERNEL_VERSION
+    target = live / "usr/lib/modules" / KERNEL_VERSION
+    dropped = {source / d for d in MODULE_DIRS_DROPPED}
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if pathlib.Path(directory, n) in dropped]
+
+    shutil.copytree(source, target, symlinks=True, ignore=ignore)
+    # Debian's package ships no usable modules.dep for a copied tree: generate
+    # it so that modprobe (and with it `mount -t 9p`) works in the live system.
+    run(["depmod", "-b", live, KERNEL_VERSION])
+
+
+def set_root_account(live: pathlib.Path) -> None:
+    """Empty root password (pam_unix nullok: no password prompt) and zsh."""
+    shadow = live / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    shadow.write_text(
+        "".join(
+            (":".join([f[0], "", *f[2:]]) if f[0] == "root" else line) + "\n"
+            for line in lines
+            for f in [line.split(":")]
+        )
+    )
+    passwd = live / "etc/passwd"
+    lines = passwd.read_text().splitlines()
+    passwd.write_text(
+        "".join(
+            (":".join([*f[:6], "/usr/bin/zsh"]) if f[0] == "root" else line) + "\n"
+            for line in lines
+            for f in [line.split(":")]
+        )
+    )
+
+
+def configure_units(live: pathlib.Path) -> None:
+    system = live / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        link = system / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+        for wants in system.glob(f"*.wants/{unit}"):
+            wants.unlink()
+    for unit, target in ENABLED_UNITS.items():
+        wants = system / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if link.is_symlink():
+            link.unlink()
+        local = system / unit
+        link.symlink_to(f"/etc/systemd/system/{unit}" if local.exists() else f"/usr/lib/systemd/system/{unit}")
+
+
+def build_live_root(rootfs: pathlib.Path, live: pathlib.Path) -> None:
+    with step("copying the debootstrap root"):
+        run(["cp", "-a", "--reflink=auto", rootfs, live])
+    with step("installing kernel modules"):
+        install_modules(live)
+    # The overlay holds complete files (units, zshrc, motd, pacman.conf,
+    # mirrorlist…); copying it over the Debian root replaces Debian's versions.
+    shutil.copytree(DATA / "airootfs", live, symlinks=True, dirs_exist_ok=True)
+    set_root_account(live)
+    configure_units(live)
+    # systemd-resolved owns name resolution, as on the real ISO.
+    resolv = live / "etc/resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    # A fixed machine id: an empty one would make systemd treat every boot as
+    # a first boot and run `preset-all`, which re-enables what is masked here.
+    (live / "etc/machine-id").write_text("a7c3a1e2d6e94f0d9c1b7d0e5f4a3b21\n")
+    for stale in (live / "var/lib/apt/lists").glob("*_*"):
+        stale.unlink()
+
+
+def build_initramfs(live: pathlib.Path, out: pathlib.Path, work: pathlib.Path) -> None:
+    tree = work / "initramfs"
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", tree / "bin/busybox")
+    init = tree / "init"
+    shutil.copy2(DATA / "initramfs/init", init)
+    init.chmod(0o755)
+
+    # modprobe on the live root's (freshly depmod'ed) tree lists each module
+    # after its dependencies; the init insmods them in that order because the
+    # initramfs carries no modules.dep of its own.
+    order: list[str] = []
+    for module in INITRAMFS_MODULES:
+        out_text = run(
+            ["modprobe", "-d", live, "-S", KERNEL_VERSION, "--show-depends", module],
+            capture=True,
+        ).stdout.decode()
+        for line in out_text.splitlines():
+            words = line.split()
+            if words and words[0] == "insmod":
+                path = words[1]
+                inside = path[len(str(live)) :] if path.startswith(str(live)) else path
+                if inside not in order:
+                    order.append(inside)
+    for inside in order:
+        dest = tree / inside.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(live / inside.lstrip("/"), dest)
+    (tree / "modules.list").write_text("".join(f"{p}\n" for p in order))
+
+    names = sorted(
+        str(p.relative_to(tree)) for p in tree.rglob("*")
+    )
+    cpio = run(
+        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible", "-D", tree],
+        stdin_data="".join(f"{n}\n" for n in [".", *names]).encode(),
+        capture=True,
+    ).stdout
+    # mtime=0 keeps the gzip header, and so the image, reproducible.
+    out.write_bytes(gzip.compress(cpio, compresslevel=6, mtime=0))
+
+
+def build_squashfs(live: pathlib.Path, out: pathlib.Path) -> None:
+    run(
+        [
+            "mksquashfs", live, out,
+            "-noappend", "-quiet", "-no-progress", "-no-xattrs",
+            # zstd at a low level: a few percent larger than xz, several
+            # times faster to build on two cores.
+            "-comp", "zstd", "-Xcompression-level", "6",
+            "-b", "1M",
+            "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*",
+        ],  # fmt: skip
+        env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+    )
+
+
+def build_fallback_repo(out: pathlib.Path, work: pathlib.Path) -> None:
+    """Until tests/standin/repo.py exists: one trivial package in [core] and
+    an empty [extra], built by makepkg as `nobody` (makepkg refuses root)."""
+    build = work / "fallback-pkg"
+    build.mkdir()
+    (build / "PKGBUILD").write_text(
+        "pkgname=standin-hello\npkgver=1\npkgrel=1\narch=(any)\n"
+        "pkgdesc='stand-in placeholder package'\nlicense=(MIT)\n"
+        "package() { install -Dm644 /dev/null \"$pkgdir/usr/share/standin-hello\"; }\n"
+    )
+    shutil.chown(build, "nobody")
+    # makepkg refuses to run as root and works in the current directory.
+    run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "makepkg", "--nodeps", "--nocheck", "--noprogressbar"],  # fmt: skip
+        cwd=build,
+        env={"HOME": str(build), "PKGDEST": str(build)},
+    )
+    for repo in ("core", "extra"):
+        (out / repo / "os/x86_64").mkdir(parents=True)
+    pkg = next(build.glob("standin-hello-*.pkg.tar.*"))
+    core = out / "core/os/x86_64"
+    shutil.copy2(pkg, core / pkg.name)
+    run(["repo-add", "-q", core / "core.db.tar.gz", core / pkg.name])
+    extra = out / "extra/os/x86_64"
+    run(["repo-add", "-q", extra / "extra.db.tar.gz", core / pkg.name])
+    # An [extra] that exists but lists nothing.
+    run(["repo-remove", "-q", extra / "extra.db.tar.gz", "standin-hello"])
+
+
+def build_iso(cache: pathlib.Path, key: str, repo: ModuleType | None) -> pathlib.Path:
+    rootfs = ensure_rootfs(cache)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=cache))
+    # makepkg runs as `nobody` below this directory; mkdtemp made it 0700.
+    work.chmod(0o755)
+    try:
+        live = work / "airootfs"
+        build_live_root(rootfs, live)
+
+        tree = work / "iso"
+        (tree / "boot").mkdir(parents=True)
+        (tree / "boot" / f"{UUID}.uuid").touch()
+        boot = tree / "arch/boot/x86_64"
+        boot.mkdir(parents=True)
+        shutil.copyfile(f"/boot/vmlinuz-{KERNEL_VERSION}", boot / "vmlinuz-linux")
+        with step("building the initramfs"):
+            build_initramfs(live, boot / "initramfs-linux.img", work)
+        (tree / "arch/x86_64").mkdir(parents=True)
+        with step("building the repository"):
+            if repo is not None:
+                repo.build_repo(tree / "repo")
+            else:
+                log("tests/standin/repo.py missing: using a one-package fallback repository")
+                build_fallback_repo(tree / "repo", work)
+        with step("building airootfs.sfs"):
+            build_squashfs(live, tree / "arch/x86_64/airootfs.sfs")
+        shutil.rmtree(live)
+
+        result = work / "result"
+        result.mkdir()
+        with step("writing the ISO"):
+            run(
+                [
+                    "xorriso", "-as", "mkisofs",
+                    "-iso-level", "3",
+                    "-full-iso9660-filenames",
+                    "-rational-rock",
+                    "-joliet", "-joliet-long",
+                    "-volid", LABEL,
+                    "-appid", "Arch Linux offline stand-in (provision-arch tests)",
+                    "-publisher", "provision-arch",
+                    f"--modification-date={ISO_MODIFICATION_DATE}",
+                    "-output", result / ISO_NAME,
+                    tree,
+                ],  # fmt: skip
+                env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+            )
+        result.chmod(0o755)
+        (result / ISO_NAME).chmod(0o644)
+        final = cache / key
+        if final.exists():
+            shutil.rmtree(final)
+        # The rename is the commit point: a reader sees a whole ISO or none.
+        result.rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final / ISO_NAME
+
+
+def ensure_standin() -> pathlib.Path:
+    """Path of the stand-in ISO, built first when the cache has no copy for
+    the current inputs. Building needs root."""
+    cache = cache_dir()
+    repo = load_repo_module()
+    key = iso_key(repo)
+    iso = cache / key / ISO_NAME
+    if iso.is_file():
+        return iso
+    if os.geteuid() != 0:
+        raise BuildError(
+            f"no cached stand-in ISO at {iso} and building one needs root: "
+            "run `python3 -m tests.standin.build` as root"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    with step(f"building the stand-in ISO {key}"):
+        iso = build_iso(cache, key, repo)
+    make_world_readable(iso.parent)
+    return iso
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tests.standin.build", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.parse_args(argv)
+    try:
+        iso = ensure_standin()
+    except BuildError as exc:
+        print(f"standin: error: {exc}", file=sys.stderr)
+        return 1
+    print(iso.resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
