@@ -104,7 +104,21 @@ def resolve_password(password_file: Path | None, password_hash: str | None) -> s
 def install(
     target: Annotated[Path, typer.Argument(help="Directory to install into (created if missing; must be empty unless --force).")],
     *,
-    iso: Annotated[Path | None, typer.Option(help="The Arch ISO (archlinux-YYYY.MM.DD-x86_64.iso).")] = None,
+    iso: Annotated[
+        Path | None,
+        typer.Option(help="The Arch ISO; verified when ISO.sig lies beside it. [default: download and verify the latest]"),
+    ] = None,
+    iso_mirror: Annotated[
+        str | None,
+        typer.Option(help="Mirror to download the ISO from (without --iso). [default: https://geo.mirror.pkgbuild.com]"),
+    ] = None,
+    iso_version: Annotated[
+        str | None,
+        typer.Option(help="Release to download, YYYY.MM.DD; old ones come from the Arch Linux Archive. [default: latest]"),
+    ] = None,
+    trusted_key: Annotated[
+        list[Path] | None, typer.Option(help="Extra OpenPGP key file trusted to sign the ISO (repeatable).")
+    ] = None,
     package: Annotated[
         list[str] | None,
         typer.Option(
@@ -165,18 +179,28 @@ def install(
         file_values = load_file(config) if config else {}
         listed = split_packages([*(package or []), *([packages] if packages else [])])
         cli_values: dict[str, Any] = {
-            "iso": iso, "packages": listed or None, "hostname": hostname, "timezone": timezone, "locale": locale,
-            "keymap": keymap, "mirror": mirror, "memory": memory, "cpus": cpus, "accel": accel,
-            "refresh_keyring": refresh_keyring, "timeout_scale": timeout_scale,
-        }  # fmt: skip
+            "iso": iso,
+            "iso_mirror": iso_mirror,
+            "iso_version": iso_version,
+            "trusted_keys": tuple(trusted_key) if trusted_key else None,
+            "packages": listed or None,
+            "hostname": hostname,
+            "timezone": timezone,
+            "locale": locale,
+            "keymap": keymap,
+            "mirror": mirror,
+            "memory": memory,
+            "cpus": cpus,
+            "accel": accel,
+            "refresh_keyring": refresh_keyring,
+            "timeout_scale": timeout_scale,
+        }
         values = merge(cli_values, file_values)
-        if values.get("iso") is None:
-            raise UsageError("no ISO given", "pass --iso PATH to the Arch ISO (archlinux-x86_64.iso)")
         secret_file = password_file or values.pop("password_file", None)
         values.pop("password_file", None)
         values["password_hash"] = resolve_password(secret_file, password_hash)
         cfg = build({**values, "target": target, "log": log, "force": force})
-        provision(cfg, progress, cache_home() / "boot")
+        provision(cfg, progress, cache_home())
     except ProvisionError as exc:
         fail(exc)
     except KeyboardInterrupt:

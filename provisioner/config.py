@@ -42,6 +42,9 @@ class Accel(StrEnum):
 class Config:
     target: Path
     iso: Path | None = None
+    iso_mirror: str | None = None
+    iso_version: str | None = None
+    trusted_keys: tuple[Path, ...] = ()
     packages: tuple[str, ...] = DEFAULT_PACKAGES
     hostname: str = "archlinux"
     timezone: str = "UTC"
@@ -124,6 +127,9 @@ def load_file(path: Path) -> dict[str, Any]:
     for key in ("iso", "password_file"):
         if key in data:
             data[key] = base / os.path.expanduser(str(data[key]))
+    if "trusted_keys" in data:
+        keys = data["trusted_keys"]
+        data["trusted_keys"] = tuple(base / os.path.expanduser(str(k)) for k in (keys if isinstance(keys, list) else [keys]))
     if "packages" in data:
         value = data["packages"]
         data["packages"] = split_packages(value if isinstance(value, list) else [str(value)])

@@ -78,6 +78,9 @@ class Result:
 class Console:
     def __init__(self, child: pexpect.spawn[str], scale: float = 1.0) -> None:
         self.child = child
+        # pexpect sleeps 50 ms before every send by default (for password prompts that
+        # toggle echo); we never type secrets, and the delay would tax every command.
+        child.delaybeforesend = None
         self.scale = scale
         self.nonce = secrets.token_hex(4)
         self.prompt_re = re.compile(rf"PA_{self.nonce}_(\d+)_PROMPT> ")
@@ -124,29 +127,35 @@ class Console:
         """Log in as root (empty password on the ISO) and reach the clean shell."""
         self.expect({"login": re.escape(LOGIN_PROMPT)}, boot_timeout, f"'{LOGIN_PROMPT.strip()}' prompt")
         self.child.send("root\r")
-        self._await_shell()
+        self._await_shell("PA_READY", "a shell after logging in as root")
         # bash without rc files and readline: no colours, no bracketed paste, no right prompt.
+        # zsh may have read ahead past `exec`: whatever it read is lost, so nothing more is
+        # typed until bash itself has answered a probe.
         self.child.send("exec bash --norc --noprofile --noediting\r")
+        self._await_shell("PA_BASH", "bash after leaving zsh")
         self.child.send(
             "stty -echo; export TERM=dumb NO_COLOR=1 PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 LC_ALL=C; "
             f"unset PROMPT_COMMAND; PS2='PA_{self.nonce}''_CONTINUATION> '; PS1='PA_{self.nonce}''_$?_PROMPT> '\r"
         )
         self.expect({"prompt": self.prompt_re.pattern}, 60, "shell prompt after login")
 
-    def _await_shell(self, attempts: int = 20) -> None:
-        """Send a probe until the login shell runs it.
+    def _await_shell(self, tag: str, waiting_for: str, budget: float = 300.0) -> None:
+        """Send a probe until a shell runs it.
 
-        The answer (PA_READY_42) differs from what the echo shows (PA_READY_$((6*7))), so
-        only an executing shell can produce it, whatever its prompt looks like.
+        The answer (TAG_42) differs from what the echo shows (TAG_$((6*7))), so only an
+        executing shell can produce it, whatever its prompt looks like. A probe sent too
+        early (login still running, or eaten by a shell that exec'd) is simply sent again.
         """
-        for _ in range(attempts):
-            self.child.send("echo PA_READY_$((6*7))\r")
+        interval, waited = 1.0, 0.0
+        while waited < budget:
+            self.child.send(f"echo {tag}_$((6*7))\r")
             try:
-                self.expect({"ready": r"PA_READY_42"}, 15, "a shell after logging in as root")
+                self.expect({"ready": f"{tag}_42"}, interval, waiting_for)
                 return
             except ConsoleTimeout:
-                continue
-        raise ConsoleTimeout("a shell after logging in as root", 15 * attempts, self._before())
+                waited += interval
+                interval = min(interval * 2, 15.0)  # quick at first, patient on a slow guest
+        raise ConsoleTimeout(waiting_for, budget * self.scale, self._before())
 
     # -- commands ----------------------------------------------------------------------
 

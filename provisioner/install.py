@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from shlex import quote as q
 
 from provisioner import preflight
+from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
 from provisioner.config import Accel, Config
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError
@@ -187,13 +188,12 @@ def check_host(cfg: Config) -> None:
         raise HostError(first.message + also, first.fix)
 
 
-def start_live(cfg: Config, boot: BootFiles, transcript: Transcript, progress: Progress) -> tuple[Machine, Console]:
+def start_live(cfg: Config, iso: Path, boot: BootFiles, transcript: Transcript, progress: Progress) -> tuple[Machine, Console]:
     """Boot the ISO and log in. With --accel auto, a KVM guest that stays silent is retried under TCG."""
-    assert cfg.iso is not None
     accel = resolve_accel(cfg.accel)
     while True:
         hw = Hardware(memory=cfg.memory, cpus=cfg.cpus, accel=accel)
-        argv = wrap(install_argv(hw, cfg.iso, boot, cfg.target, cfg.mirror), as_root=preflight.is_root())
+        argv = wrap(install_argv(hw, iso, boot, cfg.target, cfg.mirror), as_root=preflight.is_root())
         transcript.note(f"starting QEMU ({accel.value})")
         machine = Machine(argv, logfile=transcript).__enter__()
         assert machine.child is not None
@@ -217,20 +217,29 @@ def start_live(cfg: Config, boot: BootFiles, transcript: Transcript, progress: P
             raise
 
 
+def acquire_iso(cfg: Config, progress: Progress, cache_dir: Path) -> Path:
+    """The user's ISO (verified when a .sig lies beside it), or a downloaded, verified one."""
+    if cfg.iso is not None:
+        check_given_iso(cfg.iso, cfg.trusted_keys, progress)
+        return cfg.iso
+    source = IsoSource(mirror=cfg.iso_mirror or DEFAULT_MIRROR, version=cfg.iso_version, trusted_keys=cfg.trusted_keys)
+    return obtain_iso(source, cache_dir / "iso", progress)
+
+
 def provision(cfg: Config, progress: Progress, cache_dir: Path) -> None:
     """The whole install. Raises a ProvisionError subclass on any failure."""
     with progress.step("preflight", "Checking the host"):
         check_host(cfg)
-    assert cfg.iso is not None
-    with progress.step("iso", f"Reading {cfg.iso.name}"):
-        boot = read_boot_files(cfg.iso, cache_dir)
+    iso = acquire_iso(cfg, progress, cache_dir)  # draws its own progress bar
+    with progress.step("iso", f"Reading {iso.name}"):
+        boot = read_boot_files(iso, cache_dir / "boot")
     cfg.target.mkdir(parents=True, exist_ok=True)
     stage(cfg)
     transcript = Transcript(cfg.transcript, redact=(cfg.password_hash,), on_line=progress.line)
     progress.console.print(f"[dim]console transcript: {cfg.transcript}[/]")
     try:
         with progress.step("boot", "Booting the ISO and logging in"):
-            machine, con = start_live(cfg, boot, transcript, progress)
+            machine, con = start_live(cfg, iso, boot, transcript, progress)
         with machine:
             con.check("dmesg -n 1", 30)  # keep kernel messages out of command output
             for step in STEPS:

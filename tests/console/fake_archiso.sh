@@ -13,5 +13,5 @@ printf '\r\nArch Linux 6.10.0-arch1-1 (ttyS0)\r\n\r\narchiso login: '
 read -r user
 if [ "$user" != root ]; then printf 'Login incorrect\r\n'; exit 1; fi
 printf '\e[1;36mTo install \e[0m\e[1mArch Linux\e[0m follow the installation guide:\r\n\e[4mhttps://wiki.archlinux.org/title/Installation_guide\e[0m\r\n'
-export ZDOTDIR=$here HOME=$here
+export ZDOTDIR=$here HOME=$here HISTFILE=/dev/null
 exec "${shell[@]}"

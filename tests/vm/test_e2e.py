@@ -1,0 +1,203 @@
+"""End to end: the real CLI, as an unprivileged user, on the offline ISO stand-in under QEMU.
+
+The test setup (as root) creates the user with subuid/subgid ranges and installs the CLI
+into a venv that user can read. Then, as that user: install into ./base with only --iso,
+--password-file and --hostname, check the result on the host, boot it with
+`provision-arch boot`, log in with the password, and check it from inside.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from provisioner.config import build
+from provisioner.password import verifies
+from provisioner.render import rootfs_files
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).parents[2]
+USER = "provision-e2e"
+VENV = Path("/opt/provision-arch-e2e/venv")
+PASSWORD = "e2e-Pass-w0rd"  # noqa: S105 - the throwaway test box's root password
+HOSTNAME = "e2e-box"
+TIMES: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class TestUser:
+    name: str
+    uid: int
+    gid: int
+    subuid: int
+    subgid: int
+
+
+def first_range(path: Path, user: TestUser | str) -> int:
+    name = user if isinstance(user, str) else user.name
+    for line in path.read_text().splitlines():
+        owner, start, count = line.split(":")
+        if owner == name and int(count) >= 65536:
+            return int(start)
+    raise LookupError(f"no range for {name} in {path}")
+
+
+@pytest.fixture(scope="module")
+def user() -> TestUser:
+    if os.geteuid() != 0:
+        pytest.skip("the end-to-end setup creates a user: run as root")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
+    for kind, flag in (("subuid", "--add-subuids"), ("subgid", "--add-subgids")):
+        try:
+            first_range(Path("/etc") / kind, USER)
+        except LookupError:
+            subprocess.run(["usermod", flag, "300000-365535", USER], check=True)
+    entry = pwd.getpwnam(USER)
+    return TestUser(
+        USER, entry.pw_uid, entry.pw_gid, first_range(Path("/etc/subuid"), USER), first_range(Path("/etc/subgid"), USER)
+    )
+
+
+@pytest.fixture(scope="module")
+def cli(user: TestUser) -> Path:
+    """The CLI installed from this checkout into a venv outside root's closed home."""
+    started = time.monotonic()
+    if not (VENV / "bin/python").exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
+    subprocess.run(
+        [str(VENV / "bin/pip"), "install", "-q", "--force-reinstall", "--no-deps", str(ROOT)], check=True, capture_output=True
+    )
+    subprocess.run([str(VENV / "bin/pip"), "install", "-q", str(ROOT)], check=True, capture_output=True)
+    TIMES["install the CLI"] = time.monotonic() - started
+    return VENV / "bin/provision-arch"
+
+
+@pytest.fixture(scope="module")
+def workdir(user: TestUser) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="provision-arch-e2e-", dir="/var/tmp"))
+    os.chown(path, user.uid, user.gid)
+    yield path
+    # The tree holds files owned by the user's subordinate ids: remove it as root.
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_user(user: TestUser, workdir: Path, argv: list[str]) -> list[str]:
+    env = [
+        f"HOME={workdir}",
+        f"XDG_CACHE_HOME={workdir}/cache",
+        "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "LANG=C.UTF-8",
+    ]
+    return ["runuser", "-u", user.name, "--", "env", "-i", *env, *argv]
+
+
+@pytest.fixture(scope="module")
+def installed(user: TestUser, cli: Path, workdir: Path, standin_iso: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    password_file = workdir / "root-password"
+    password_file.write_text(PASSWORD + "\n")
+    os.chown(password_file, user.uid, user.gid)
+    password_file.chmod(0o600)
+    base = workdir / "base"
+    argv = [str(cli), str(base), "--iso", str(standin_iso), "--password-file", str(password_file), "--hostname", HOSTNAME]
+    started = time.monotonic()
+    result = subprocess.run(as_user(user, workdir, argv), capture_output=True, text=True, timeout=2400, check=False)
+    TIMES["provision-arch ./base (install)"] = time.monotonic() - started
+    print(result.stderr)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    return base, result
+
+
+def test_install_succeeds_and_prints_how_to_boot(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    base, result = installed
+    assert result.stdout.strip() == f"provision-arch boot {base}"
+    for step in ("keyring", "mount", "pacstrap", "configure", "initramfs", "password", "unmount", "poweroff"):
+        assert step in result.stderr, f"step {step} missing from the timing table"
+
+
+def test_ownership_lands_in_the_users_ids(installed: tuple[Path, subprocess.CompletedProcess[str]], user: TestUser) -> None:
+    base, _ = installed
+    for path in ("etc/hostname", "etc/mkinitcpio.conf", "boot/initramfs-linux.img", "usr/bin"):
+        stat = (base / path).lstat()
+        assert (stat.st_uid, stat.st_gid) == (user.uid, user.gid), path
+
+
+def test_rendered_files_and_enabled_services(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    base, _ = installed
+    cfg = build({"target": base, "hostname": HOSTNAME})
+    for path, content in rootfs_files(cfg).items():
+        assert (base / str(path).lstrip("/")).read_text() == content, path
+    wants = base / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("systemd-networkd.service", "systemd-resolved.service"):
+        assert (wants / unit).is_symlink(), unit
+    assert os.readlink(base / "etc/resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
+    assert os.readlink(base / "etc/localtime") == "/usr/share/zoneinfo/UTC"
+    assert "en_US.UTF-8 UTF-8" in (base / "etc/locale.gen").read_text().splitlines()
+    assert (base / "boot/initramfs-linux.img").stat().st_size > 0
+
+
+def test_password_set_from_the_hash_and_never_written_in_clear(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    base, result = installed
+    root_entry = next(line for line in (base / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
+    hashed = root_entry.split(":")[1]
+    assert hashed.startswith("$6$") and verifies(PASSWORD, hashed)
+    transcript = base / ".provision-arch/console.log"
+    text = transcript.read_text(errors="replace")
+    assert "archiso login:" in text and "pacstrap" in text
+    for leak in (PASSWORD, hashed):
+        assert leak not in text
+        assert leak not in result.stdout + result.stderr
+    assert not (base / ".provision-arch/root.chpasswd").exists()
+
+
+def test_boot_the_result_and_log_in(
+    installed: tuple[Path, subprocess.CompletedProcess[str]], user: TestUser, cli: Path, workdir: Path
+) -> None:
+    base, _ = installed
+    argv = as_user(user, workdir, [str(cli), "boot", str(base), "--accel", "tcg"])
+    started = time.monotonic()
+    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace", timeout=300)
+    try:
+        child.expect(f"{HOSTNAME} login: ")
+        TIMES["boot to login"] = time.monotonic() - started
+        child.send("root\r")
+        child.expect("Password: ")
+        child.send(PASSWORD + "\r")
+        child.expect("# ")
+        child.send("echo HOST=$(hostname) ROOT9P=$(grep -c '^fsRoot / 9p ' /proc/mounts)\r")
+        child.expect(r"HOST=(\S+) ROOT9P=(\d+)")
+        match = child.match
+        assert isinstance(match, re.Match)
+        assert (match[1], match[2]) == (HOSTNAME, "1")
+        # A file the guest gives uid 1000 must land at subuid base + 999 on the host.
+        child.send("touch /root/uid1000 && chown 1000:1000 /root/uid1000 && echo CHOWN-$((40+2))\r")
+        child.expect("CHOWN-42")
+        child.send("poweroff\r")
+        child.expect(pexpect.EOF, timeout=120)
+    finally:
+        child.close(force=True)
+    TIMES["boot, log in, power off"] = time.monotonic() - started
+    stat = (base / "root/uid1000").stat()
+    assert (stat.st_uid, stat.st_gid) == (user.subuid + 999, user.subgid + 999)
+
+
+def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        print("\nend-to-end phase wall times:")
+        for phase, seconds in TIMES.items():
+            print(f"  {phase:<40} {seconds:7.1f} s")
+    assert TIMES, "no phase ran"
