@@ -94,3 +94,14 @@ def test_non_empty_target_needs_force(tmp_path: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("provision-arch ")
+
+
+def test_no_iso_and_no_network_says_where_from_and_how_to_pass_one(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [str(tmp_path / "b"), "--password-hash", "$6$abc$" + "A" * 86, "--iso-mirror", "http://127.0.0.1:9"],
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert result.exit_code == ExitCode.ISO, result.output
+    assert "could not fetch" in result.output and "127.0.0.1:9" in result.output
+    assert "--iso PATH" in result.output
