@@ -66,7 +66,7 @@ def wait_keyring(con: Console, cfg: Config, timeout: float) -> None:
         raise CommandFailed(
             "pacman-init.service",
             result.status,
-            con.run("systemctl status pacman-init.service").output,
+            con.run("systemctl status --no-pager -l pacman-init.service").output,
             "the live system could not initialise its keyring; see the transcript",
         )
 

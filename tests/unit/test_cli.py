@@ -37,6 +37,12 @@ def test_install_help_lists_the_options() -> None:
         assert option in output
 
 
+def password_file(tmp_path: Path, password: str = "secret") -> str:
+    path = tmp_path / "pw"
+    path.write_text(password + "\n")
+    return str(path)
+
+
 def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
     base = installed(tmp_path)
     result = runner.invoke(app, ["boot", str(base), "--print", "--accel", "tcg"])
@@ -55,9 +61,9 @@ def test_boot_of_a_directory_that_is_not_installed(tmp_path: Path) -> None:
 
 
 def test_bad_hostname_is_a_usage_error(tmp_path: Path) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("secret\n")
-    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", "x.iso", "--password-file", str(pw), "--hostname", "a b"])
+    result = runner.invoke(
+        app, [str(tmp_path / "b"), "--iso", "x.iso", "--password-file", password_file(tmp_path), "--hostname", "a b"]
+    )
     assert result.exit_code == ExitCode.USAGE
     assert "invalid hostname 'a b'" in result.output
 
@@ -70,9 +76,8 @@ def test_missing_password_without_a_terminal(tmp_path: Path) -> None:
 
 
 def test_missing_iso_is_a_host_problem_and_the_password_never_shows(tmp_path: Path) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("s3cret-Value\n")
-    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso"), "--password-file", str(pw)])
+    pw = password_file(tmp_path, "s3cret-Value")
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso"), "--password-file", pw])
     assert result.exit_code == ExitCode.HOST, result.output
     assert "none.iso does not exist" in result.output
     assert "s3cret-Value" not in result.output
