@@ -31,7 +31,7 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).parents[2]
 USER = "provision-e2e"
 VENV = Path("/opt/provision-arch-e2e/venv")
-PASSWORD = "e2e-Pass-w0rd"  # noqa: S105 - the throwaway test box's root password
+PASSWORD = "e2e-Pass-w0rd"  # the throwaway test box's root password
 HOSTNAME = "e2e-box"
 TIMES: dict[str, float] = {}
 
