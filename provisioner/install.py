@@ -57,10 +57,14 @@ def wait_keyring(con: Console, cfg: Config, timeout: float) -> None:
     )
     result = con.run(f"timeout {seconds} sh -c {q(loop)}", timeout + 30)
     if result.status == 124:
-        raise HostError(
-            f"the live system's pacman keyring was not ready after {seconds} s (pacman-init.service never ran)",
-            "pacman-init waits for time sync: give the VM network access to NTP, or raise --timeout-scale",
-            exit_code=ConsoleTimeout.exit_code,
+        # Name what it is stuck behind: usually systemd-time-wait-sync (no NTP reachable).
+        jobs = con.run("systemctl list-jobs --no-pager --no-legend", 60).output
+        raise ConsoleTimeout(
+            "ready pacman keyring (pacman-init.service)",
+            seconds,
+            f"pending systemd jobs:\n{jobs}",
+            "pacman-init waits for time sync: let the VM reach NTP (QEMU user networking does, given internet), "
+            "or raise --timeout-scale",
         )
     if result.status != 0:
         raise CommandFailed(
