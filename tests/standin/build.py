@@ -57,6 +57,9 @@ ROOTFS_INCLUDE = (
     "systemd-resolved",
     "zsh",
     "pacman-package-manager",
+    # pacman-key sources makepkg's shell libraries (message.sh, parseopts.sh),
+    # which Debian ships in the makepkg package.
+    "makepkg",
     "arch-install-scripts",
     "archlinux-keyring",
     "gnupg",
@@ -438,7 +441,7 @@ def build_squashfs(live: pathlib.Path, out: pathlib.Path) -> None:
             "-comp", "zstd", "-Xcompression-level", "6",
             "-b", "1M",
             "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*",
-        ],  # fmt: skip
+        ],
         env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
     )
 
@@ -457,7 +460,7 @@ def build_fallback_repo(out: pathlib.Path, work: pathlib.Path) -> None:
     # makepkg refuses to run as root and works in the current directory.
     run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         "makepkg", "--nodeps", "--nocheck", "--noprogressbar"],  # fmt: skip
+         "makepkg", "--nodeps", "--nocheck", "--noprogressbar"],
         cwd=build,
         env={"HOME": str(build), "PKGDEST": str(build)},
     )
@@ -517,7 +520,7 @@ def build_iso(cache: pathlib.Path, key: str, repo: ModuleType | None) -> pathlib
                     f"--modification-date={ISO_MODIFICATION_DATE}",
                     "-output", result / ISO_NAME,
                     tree,
-                ],  # fmt: skip
+                ],
                 env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
             )
         result.chmod(0o755)
