@@ -265,10 +265,10 @@ def test_mirror_parameter_rewrites_the_mirrorlist(live: LiveSession) -> None:
 def test_pacman_lists_the_test_repository(live: LiveSession) -> None:
     sync = live.run("pacman -Sy --noprogressbar >/dev/null 2>&1; echo rc=$?")
     assert "rc=0" in sync, sync
-    core = live.run("pacman -Sl core").split()
+    core = live.run("pacman -Sl --color never core").split()
     for name in ("base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring"):
         assert name in core, core
-    extra = live.run("pacman -Sl extra").split()
+    extra = live.run("pacman -Sl --color never extra").split()
     for name in ("vim", "man-db", "man-pages"):
         assert name in extra, extra
 
