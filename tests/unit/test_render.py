@@ -30,6 +30,7 @@ def test_mkinitcpio_conf_loads_9p_and_has_no_fsck() -> None:
     hooks = shell_array(text, "HOOKS")
     assert hooks[0] == "base"
     assert "filesystems" in hooks
+    assert "block" in hooks, "the block hook carries virtio_pci, the transport 9pnet_virtio needs"
     assert "fsck" not in hooks and "autodetect" not in hooks
 
 
