@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib
@@ -29,10 +30,18 @@ import time
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
+from tests.standin.repo import host_kernel_release
+
 HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "iso"
 
-KERNEL_VERSION = "6.1.0-56-amd64"
+
+
+@functools.cache
+def kernel_version() -> str:
+    """The host's Debian kernel (the same one the test repo's `linux` package carries)."""
+    return host_kernel_release()
+
 SUITE = "bookworm"
 ISO_NAME = "archlinux-standin-x86_64.iso"
 
@@ -74,7 +83,7 @@ ROOTFS_RECIPE = "1"
 # Host packages whose files end up in the image or shape it: their versions
 # are part of the cache key.
 HOST_PACKAGES = (
-    f"linux-image-{KERNEL_VERSION}",
+    f"linux-image-{kernel_version()}",
     "busybox-static",
     "debootstrap",
     "squashfs-tools",
@@ -331,8 +340,8 @@ def unmount_below(path: pathlib.Path) -> None:
 
 
 def install_modules(live: pathlib.Path) -> None:
-    source = pathlib.Path("/lib/modules") / KERNEL_VERSION
-    target = live / "usr/lib/modules" / KERNEL_VERSION
+    source = pathlib.Path("/lib/modules") / kernel_version()
+    target = live / "usr/lib/modules" / kernel_version()
     dropped = {source / d for d in MODULE_DIRS_DROPPED}
 
     def ignore(directory: str, names: list[str]) -> list[str]:
@@ -341,7 +350,7 @@ def install_modules(live: pathlib.Path) -> None:
     shutil.copytree(source, target, symlinks=True, ignore=ignore)
     # Debian's package ships no usable modules.dep for a copied tree: generate
     # it so that modprobe (and with it `mount -t 9p`) works in the live system.
-    run(["depmod", "-b", live, KERNEL_VERSION])
+    run(["depmod", "-b", live, kernel_version()])
 
 
 def set_root_account(live: pathlib.Path) -> None:
@@ -451,7 +460,7 @@ def build_initramfs(live: pathlib.Path, out: pathlib.Path, work: pathlib.Path) -
     order: list[str] = []
     for module in INITRAMFS_MODULES:
         out_text = run(
-            ["modprobe", "-d", live, "-S", KERNEL_VERSION, "--show-depends", module],
+            ["modprobe", "-d", live, "-S", kernel_version(), "--show-depends", module],
             capture=True,
         ).stdout.decode()
         for line in out_text.splitlines():
@@ -538,7 +547,7 @@ def build_iso(cache: pathlib.Path, key: str, repo: ModuleType | None) -> pathlib
         (tree / "boot" / f"{UUID}.uuid").touch()
         boot = tree / "arch/boot/x86_64"
         boot.mkdir(parents=True)
-        shutil.copyfile(f"/boot/vmlinuz-{KERNEL_VERSION}", boot / "vmlinuz-linux")
+        shutil.copyfile(f"/boot/vmlinuz-{kernel_version()}", boot / "vmlinuz-linux")
         with step("building the initramfs"):
             build_initramfs(live, boot / "initramfs-linux.img", work)
         (tree / "arch/x86_64").mkdir(parents=True)
