@@ -37,7 +37,7 @@ TIMES: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
-class TestUser:
+class E2EUser:
     name: str
     uid: int
     gid: int
@@ -45,7 +45,7 @@ class TestUser:
     subgid: int
 
 
-def first_range(path: Path, user: TestUser | str) -> int:
+def first_range(path: Path, user: E2EUser | str) -> int:
     name = user if isinstance(user, str) else user.name
     for line in path.read_text().splitlines():
         owner, start, count = line.split(":")
@@ -55,7 +55,7 @@ def first_range(path: Path, user: TestUser | str) -> int:
 
 
 @pytest.fixture(scope="module")
-def user() -> TestUser:
+def user() -> E2EUser:
     if os.geteuid() != 0:
         pytest.skip("the end-to-end setup creates a user: run as root")
     try:
@@ -68,13 +68,13 @@ def user() -> TestUser:
         except LookupError:
             subprocess.run(["usermod", flag, "300000-365535", USER], check=True)
     entry = pwd.getpwnam(USER)
-    return TestUser(
+    return E2EUser(
         USER, entry.pw_uid, entry.pw_gid, first_range(Path("/etc/subuid"), USER), first_range(Path("/etc/subgid"), USER)
     )
 
 
 @pytest.fixture(scope="module")
-def cli(user: TestUser) -> Path:
+def cli(user: E2EUser) -> Path:
     """The CLI installed from this checkout into a venv outside root's closed home."""
     started = time.monotonic()
     if not (VENV / "bin/python").exists():
@@ -88,7 +88,7 @@ def cli(user: TestUser) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workdir(user: TestUser) -> Iterator[Path]:
+def workdir(user: E2EUser) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="provision-arch-e2e-", dir="/var/tmp"))
     os.chown(path, user.uid, user.gid)
     yield path
@@ -96,7 +96,7 @@ def workdir(user: TestUser) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def as_user(user: TestUser, workdir: Path, argv: list[str]) -> list[str]:
+def as_user(user: E2EUser, workdir: Path, argv: list[str]) -> list[str]:
     env = [
         f"HOME={workdir}",
         f"XDG_CACHE_HOME={workdir}/cache",
@@ -107,7 +107,7 @@ def as_user(user: TestUser, workdir: Path, argv: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def installed(user: TestUser, cli: Path, workdir: Path, standin_iso: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
     password_file = workdir / "root-password"
     password_file.write_text(PASSWORD + "\n")
     os.chown(password_file, user.uid, user.gid)
@@ -129,7 +129,7 @@ def test_install_succeeds_and_prints_how_to_boot(installed: tuple[Path, subproce
         assert step in result.stderr, f"step {step} missing from the timing table"
 
 
-def test_ownership_lands_in_the_users_ids(installed: tuple[Path, subprocess.CompletedProcess[str]], user: TestUser) -> None:
+def test_ownership_lands_in_the_users_ids(installed: tuple[Path, subprocess.CompletedProcess[str]], user: E2EUser) -> None:
     base, _ = installed
     for path in ("etc/hostname", "etc/mkinitcpio.conf", "boot/initramfs-linux.img", "usr/bin"):
         stat = (base / path).lstat()
@@ -141,9 +141,10 @@ def test_rendered_files_and_enabled_services(installed: tuple[Path, subprocess.C
     cfg = build({"target": base, "hostname": HOSTNAME})
     for path, content in rootfs_files(cfg).items():
         assert (base / str(path).lstrip("/")).read_text() == content, path
-    wants = base / "etc/systemd/system/multi-user.target.wants"
+    # Each unit's [Install] section names its target: multi-user for networkd, sysinit for resolved.
     for unit in ("systemd-networkd.service", "systemd-resolved.service"):
-        assert (wants / unit).is_symlink(), unit
+        links = list((base / "etc/systemd/system").glob(f"*.target.wants/{unit}"))
+        assert links and all(link.is_symlink() for link in links), unit
     assert os.readlink(base / "etc/resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
     assert os.readlink(base / "etc/localtime") == "/usr/share/zoneinfo/UTC"
     assert "en_US.UTF-8 UTF-8" in (base / "etc/locale.gen").read_text().splitlines()
@@ -165,7 +166,7 @@ def test_password_set_from_the_hash_and_never_written_in_clear(installed: tuple[
 
 
 def test_boot_the_result_and_log_in(
-    installed: tuple[Path, subprocess.CompletedProcess[str]], user: TestUser, cli: Path, workdir: Path
+    installed: tuple[Path, subprocess.CompletedProcess[str]], user: E2EUser, cli: Path, workdir: Path
 ) -> None:
     base, _ = installed
     argv = as_user(user, workdir, [str(cli), "boot", str(base), "--accel", "tcg"])

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.vm
 def test_wrong_uuid_ends_at_the_rescue_shell_with_a_clear_error(standin_iso: Path, tmp_path: Path) -> None:
     """The archiso hook cannot find its medium: the driver names the rescue shell."""
     cfg = build({"target": tmp_path / "base", "iso": standin_iso, "accel": "tcg"})
+    cfg.target.mkdir()
     boot = read_boot_files(standin_iso, tmp_path / "cache")
     wrong = dataclasses.replace(boot, uuid="1999-01-01-00-00-00-00")
     transcript = Transcript(tmp_path / "console.log")

@@ -157,10 +157,7 @@ def live(standin_iso: pathlib.Path, iso_info: IsoInfo,
     # A trailing slash checks that choose-mirror strips it; the URL is the
     # repository baked into the ISO, so pacman still works offline after it.
     mirror = "file:///run/archiso/bootmnt/repo/"
-    append = (
-        f"archisobasedir=arch archisosearchuuid={iso_info.uuid} "
-        f"console=ttyS0,115200 mirror={mirror}"
-    )
+    append = f"archisobasedir=arch archisosearchuuid={iso_info.uuid} console=ttyS0,115200 mirror={mirror}"
     guest = Guest(standin_iso, iso_info, workdir, append, share=share)
     try:
         guest.expect("archiso login: ", timeout=240)
@@ -244,8 +241,7 @@ def test_pacman_init_becomes_active(live: LiveSession) -> None:
     print(f"\npacman-init active {time.monotonic() - start:.1f}s after login", file=sys.stderr)
     assert state == "active", live.run("journalctl -b -u pacman-init.service --no-pager | tail -20")
     started = live.run(
-        "systemctl show -P ExecMainStartTimestampMonotonic -P ExecMainExitTimestampMonotonic "
-        "pacman-init.service"
+        "systemctl show -P ExecMainStartTimestampMonotonic -P ExecMainExitTimestampMonotonic pacman-init.service"
     ).split()
     print(f"pacman-init ran {(int(started[1]) - int(started[0])) / 1e6:.1f}s", file=sys.stderr)
     keys = live.run("pacman-key --list-keys 2>/dev/null | grep -c '^pub'").strip().splitlines()[-1]
@@ -294,17 +290,12 @@ def test_archisolabel_finds_the_iso(standin_iso: pathlib.Path, iso_info: IsoInfo
 
 def test_wrong_uuid_drops_to_the_rescue_shell(standin_iso: pathlib.Path, iso_info: IsoInfo,
                                              tmp_path: pathlib.Path) -> None:  # fmt: skip
-    append = (
-        "archisobasedir=arch archisosearchuuid=1999-01-01-00-00-00-00 "
-        "console=ttyS0,115200 rootdelay=3"
-    )
+    append = "archisobasedir=arch archisosearchuuid=1999-01-01-00-00-00-00 console=ttyS0,115200 rootdelay=3"
     guest = Guest(standin_iso, iso_info, tmp_path, append)
     try:
         # The rescue prompt is the success pattern here, so wait for it by
         # hand rather than through the failure list.
-        index = guest.console.expect(
-            [rb"\[rootfs ~\]# ", b"archiso login: ", pexpect.EOF, pexpect.TIMEOUT], timeout=120
-        )
+        index = guest.console.expect([rb"\[rootfs ~\]# ", b"archiso login: ", pexpect.EOF, pexpect.TIMEOUT], timeout=120)
         before = guest.console.before
         text = before.decode(errors="replace") if isinstance(before, bytes) else ""
         assert index == 0, f"no rescue shell; transcript {guest.transcript}\n{text[-2000:]}"
@@ -324,10 +315,7 @@ def test_ip_dhcp_ends_in_the_rescue_shell(standin_iso: pathlib.Path, iso_info: I
     append = f"archisobasedir=arch archisosearchuuid={iso_info.uuid} console=ttyS0,115200 ip=dhcp"
     guest = Guest(standin_iso, iso_info, tmp_path, append)
     try:
-        index = guest.console.expect(
-            [rb"\[rootfs ~\]# ", b"archiso login: ", pexpect.EOF, pexpect.TIMEOUT], timeout=120
-        )
+        index = guest.console.expect([rb"\[rootfs ~\]# ", b"archiso login: ", pexpect.EOF, pexpect.TIMEOUT], timeout=120)
         assert index == 0, f"ip=dhcp did not end in the rescue shell; see {guest.transcript}"
     finally:
         guest.close()
-
