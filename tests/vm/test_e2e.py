@@ -143,8 +143,10 @@ def test_rendered_files_and_enabled_services(installed: tuple[Path, subprocess.C
         assert (base / str(path).lstrip("/")).read_text() == content, path
     # Each unit's [Install] section names its target: multi-user for networkd, sysinit for resolved.
     for unit in ("systemd-networkd.service", "systemd-resolved.service"):
-        links = list((base / "etc/systemd/system").glob(f"*.target.wants/{unit}"))
-        assert links and all(link.is_symlink() for link in links), unit
+        # Not glob(): the links are absolute, so they dangle on the host and glob skips them.
+        links = [wants / unit for wants in (base / "etc/systemd/system").glob("*.target.wants") if (wants / unit).is_symlink()]
+        assert links, unit
+        assert all(os.readlink(link) == f"/usr/lib/systemd/system/{unit}" for link in links), unit
     assert os.readlink(base / "etc/resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
     assert os.readlink(base / "etc/localtime") == "/usr/share/zoneinfo/UTC"
     assert "en_US.UTF-8 UTF-8" in (base / "etc/locale.gen").read_text().splitlines()

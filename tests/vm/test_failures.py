@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,3 +37,40 @@ def test_wrong_uuid_ends_at_the_rescue_shell_with_a_clear_error(standin_iso: Pat
     assert "archisosearchuuid=1999-01-01-00-00-00-00" not in caught.value.message
     assert "did not find its own boot medium" in caught.value.message
     assert "[rootfs ~]#" in (tmp_path / "console.log").read_text(errors="replace")
+
+
+def qemu_processes_for(target: Path) -> list[int]:
+    """PIDs of QEMU processes whose command line names the target directory."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"qemu-system-x86_64") and any(str(target).encode() in arg for arg in cmdline):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_run_leaves_no_qemu_behind(standin_iso: Path, tmp_path: Path, signum: signal.Signals) -> None:
+    target = tmp_path / "base"
+    password = tmp_path / "pw"
+    password.write_text("pw\n")
+    argv = [sys.executable, "-m", "provisioner", str(target), "--iso", str(standin_iso), "--password-file", str(password)]
+    child = subprocess.Popen([*argv, "--accel", "tcg"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not qemu_processes_for(target):
+        assert child.poll() is None and time.monotonic() < deadline, "QEMU never started"
+        time.sleep(0.2)
+    time.sleep(3)  # let the guest get going
+    child.send_signal(signum)
+    output, _ = child.communicate(timeout=60)
+    if signum != signal.SIGKILL:
+        assert child.returncode == 130, output
+        assert "interrupted; QEMU was stopped" in output
+        assert not (target / ".provision-arch/root.chpasswd").exists(), "the staged hash must not outlive the run"
+    deadline = time.monotonic() + 30  # after SIGKILL, QEMU learns of it through PR_SET_PDEATHSIG
+    while qemu_processes_for(target) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert qemu_processes_for(target) == []
