@@ -117,12 +117,15 @@ def install(
         typer.Option(help="Release to download, YYYY.MM.DD; old ones come from the Arch Linux Archive. [default: latest]"),
     ] = None,
     trusted_key: Annotated[
-        list[Path] | None, typer.Option(help="Extra OpenPGP key file trusted to sign the ISO (repeatable).")
+        list[Path] | None, typer.Option(metavar="FILE", help="Extra OpenPGP key file trusted to sign the ISO (repeatable).")
     ] = None,
     package: Annotated[
         list[str] | None,
         typer.Option(
-            "--package", "-p", help="Package to install (repeatable). Default: base base-devel linux vim man-db man-pages."
+            "--package",
+            "-p",
+            metavar="NAME",
+            help="Package to install (repeatable). Default: base base-devel linux vim man-db man-pages.",
         ),
     ] = None,
     packages: Annotated[str | None, typer.Option(help='Packages as one string, e.g. "base linux vim".')] = None,
@@ -166,7 +169,7 @@ def install(
     log: Annotated[
         Path | None, typer.Option(help="Console transcript file. [default: TARGET/.provision-arch/console.log]")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Install into a non-empty target directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Install into a non-empty target directory.")] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")
     ] = False,

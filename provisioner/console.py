@@ -117,6 +117,10 @@ class Console:
             )
         raise ConsoleTimeout(waiting_for, timeout * self.scale, seen)
 
+    def output_so_far(self) -> str:
+        """What the guest printed since the last match (for evidence in errors)."""
+        return self._before()
+
     def _before(self) -> str:
         before = self.child.before
         return before if isinstance(before, str) else ""

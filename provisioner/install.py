@@ -209,13 +209,21 @@ def start_live(cfg: Config, iso: Path, boot: BootFiles, transcript: Transcript, 
                 banner_seen = True
             con.login()
             return machine, con
-        except ConsoleTimeout:
+        except (ConsoleTimeout, BootFailed) as exc:
             machine.stop(graceful=False)
-            if not banner_seen and cfg.accel is Accel.AUTO:
-                progress.note(f"the KVM guest printed nothing in {KVM_FIRST_WORDS:.0f} s; retrying with TCG (slower)")
+            if banner_seen:
+                raise
+            # QEMU could not use KVM (no /dev/kvm access) or the guest hangs after firmware
+            # (KVM without nested virtualisation): the kernel never printed its banner.
+            if cfg.accel is Accel.AUTO:
+                progress.note(f"no guest under KVM ({exc.message}); retrying with TCG (slower)")
                 accel = Accel.TCG
                 continue
-            raise
+            raise BootFailed(
+                f"the guest did not start under KVM: {exc.message}",
+                "use --accel tcg (slower), or --accel auto to fall back by itself",
+                output=con.output_so_far(),
+            ) from exc
         except BaseException:
             machine.stop(graceful=False)
             raise

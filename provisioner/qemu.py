@@ -133,14 +133,15 @@ def resolve_accel(accel: Accel) -> Accel:
     """AUTO: KVM when /dev/kvm is usable and the CPU offers virtualisation, else TCG."""
     if accel is not Accel.AUTO:
         return accel
-    if os.access("/dev/kvm", os.R_OK | os.W_OK) and _cpu_has_virtualisation():
+    if os.access("/dev/kvm", os.R_OK | os.W_OK) and cpu_has_virtualisation():
         return Accel.KVM
     return Accel.TCG
 
 
-def _cpu_has_virtualisation() -> bool:
+def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
+    """VT-x (vmx) or AMD-V (svm) among the CPU flags: without them a KVM guest cannot run."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        with path.open(encoding="ascii", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("flags"):
                     flags = line.split()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from provisioner.config import Accel
 from provisioner.iso import BootFiles
-from provisioner.qemu import Hardware, boot_argv, install_argv, qemu_value, wrap
+from provisioner.qemu import Hardware, boot_argv, cpu_has_virtualisation, install_argv, qemu_value, resolve_accel, wrap
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
 BOOT = BootFiles(
@@ -79,3 +81,18 @@ def test_wrap_uses_a_user_namespace_only_when_not_root() -> None:
         "unshare", "--map-auto", "--map-root-user", "qemu-system-x86_64", "-m", "1",
     ]  # fmt: skip
     assert wrap(["qemu-system-x86_64"], as_root=True) == ["qemu-system-x86_64"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [("fpu vme vmx sse", True), ("fpu svm sse2", True), ("fpu sse2 hypervisor", False)]
+)
+def test_cpu_virtualisation_flags(tmp_path: Path, flags: str, expected: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: Test\nflags\t\t: {flags}\n")
+    assert cpu_has_virtualisation(cpuinfo) is expected
+    assert cpu_has_virtualisation(tmp_path / "missing") is False
+
+
+def test_explicit_accel_is_kept() -> None:
+    assert resolve_accel(Accel.TCG) is Accel.TCG
+    assert resolve_accel(Accel.KVM) is Accel.KVM

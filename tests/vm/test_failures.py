@@ -13,9 +13,10 @@ import pytest
 
 from provisioner.config import build
 from provisioner.console import Transcript
-from provisioner.errors import BootFailed
+from provisioner.errors import BootFailed, ExitCode
 from provisioner.install import start_live
 from provisioner.iso import read_boot_files
+from provisioner.qemu import cpu_has_virtualisation
 from provisioner.report import Progress
 
 pytestmark = pytest.mark.vm
@@ -74,3 +75,25 @@ def test_an_interrupted_run_leaves_no_qemu_behind(standin_iso: Path, tmp_path: P
     while qemu_processes_for(target) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert qemu_processes_for(target) == []
+
+
+@pytest.mark.skipif(not Path("/dev/kvm").exists() or cpu_has_virtualisation(), reason="needs a host where KVM guests hang")
+def test_kvm_that_hangs_is_a_clear_error_naming_tcg(standin_iso: Path, tmp_path: Path) -> None:
+    """/dev/kvm exists but the CPU offers no VT-x/AMD-V to this VM: the guest hangs after firmware."""
+    password = tmp_path / "pw"
+    password.write_text("pw\n")
+    argv = [
+        sys.executable,
+        "-m",
+        "provisioner",
+        str(tmp_path / "base"),
+        "--iso",
+        str(standin_iso),
+        "--password-file",
+        str(password),
+    ]
+    result = subprocess.run([*argv, "--accel", "kvm"], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == ExitCode.BOOT, result.stderr
+    assert "did not start under KVM" in result.stderr
+    assert "--accel tcg" in result.stderr
+    assert qemu_processes_for(tmp_path / "base") == []
