@@ -11,6 +11,7 @@ kernel panic, archiso's rescue shell, QEMU's end (EOF) and the timeout.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Callable
@@ -131,6 +132,10 @@ class Console:
         """Log in as root (empty password on the ISO) and reach the clean shell."""
         self.expect({"login": re.escape(LOGIN_PROMPT)}, boot_timeout, f"'{LOGIN_PROMPT.strip()}' prompt")
         self.child.send("root\r")
+        # Wait for something prompt-like first, so that probes are not queued up while
+        # login and zsh start (they would all run later). An odd prompt only costs time.
+        with contextlib.suppress(ConsoleTimeout):
+            self.expect({"prompt": r"[#$%] "}, 60, "a prompt after logging in as root")
         self._await_shell("PA_READY", "a shell after logging in as root")
         # bash without rc files and readline: no colours, no bracketed paste, no right prompt.
         # zsh may have read ahead past `exec`: whatever it read is lost, so nothing more is
