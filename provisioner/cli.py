@@ -226,11 +226,10 @@ def boot(
 ) -> None:
     """Boot TARGET with its 9p root; the serial console is this terminal (Ctrl-A X quits QEMU)."""
     try:
-        problems = preflight.problems([lambda: preflight.check_installed(target)])
-        if not print_only:
-            problems += preflight.problems(preflight.host_checks())
-        if problems:
-            raise UsageError(problems[0].message, problems[0].fix) if print_only else _host_error(problems[0])
+        if missing := preflight.problems([lambda: preflight.check_installed(target)]):
+            raise UsageError(missing[0].message, missing[0].fix)
+        if not print_only and (host := preflight.problems(preflight.host_checks())):
+            raise HostError(host[0].message, host[0].fix)
         hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel))
         argv = wrap(boot_argv(hw, target), as_root=preflight.is_root())
     except ProvisionError as exc:
@@ -239,10 +238,6 @@ def boot(
         print(shlex.join(argv))
         return
     raise typer.Exit(subprocess.call(argv))
-
-
-def _host_error(problem: preflight.Problem) -> ProvisionError:
-    return HostError(problem.message, problem.fix)
 
 
 def main() -> None:

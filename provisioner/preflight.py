@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import pwd
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,10 +125,6 @@ def check_installed(target: Path) -> Iterator[Problem]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
-
-
-def home_user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def host_checks() -> list[Check]:
