@@ -246,10 +246,10 @@ def provision(cfg: Config, progress: Progress, cache_dir: Path) -> None:
     with progress.step("iso", f"Reading {iso.name}"):
         boot = read_boot_files(iso, cache_dir / "boot")
     cfg.target.mkdir(parents=True, exist_ok=True)
-    stage(cfg)
     transcript = Transcript(cfg.transcript, redact=(cfg.password_hash,), on_line=progress.line)
     progress.console.print(f"[dim]console transcript: {cfg.transcript}[/]")
     try:
+        stage(cfg)  # inside the try: a half-written stage (the password hash!) is removed too
         with progress.step("boot", "Booting the ISO and logging in"):
             machine, con = start_live(cfg, iso, boot, transcript, progress)
         with machine:
