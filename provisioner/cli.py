@@ -7,6 +7,7 @@ hint line and the documented exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -25,7 +26,7 @@ from typer.core import TyperGroup
 from provisioner import __version__, preflight
 from provisioner.config import Accel, build, load_file, merge, split_packages
 from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
-from provisioner.install import provision
+from provisioner.install import preflight_step, provision
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
 from provisioner.report import Progress
@@ -201,8 +202,10 @@ def install(
         values = merge(cli_values, file_values)
         secret_file = password_file or values.pop("password_file", None)
         values.pop("password_file", None)
-        values["password_hash"] = resolve_password(secret_file, password_hash)
         cfg = build({**values, "target": target, "log": log, "force": force})
+        # The host first: nobody should type a password twice to learn QEMU is missing.
+        preflight_step(cfg, progress)
+        cfg = dataclasses.replace(cfg, password_hash=resolve_password(secret_file, password_hash))
         provision(cfg, progress, cache_home())
     except ProvisionError as exc:
         fail(exc)

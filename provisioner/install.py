@@ -20,7 +20,7 @@ from provisioner import preflight
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
 from provisioner.config import Accel, Config
 from provisioner.console import Console, Transcript
-from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError
+from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError, ProvisionError
 from provisioner.iso import BootFiles, read_boot_files
 from provisioner.qemu import MOUNT_TAG, MSIZE, Hardware, Machine, install_argv, resolve_accel, wrap
 from provisioner.render import rootfs_files
@@ -238,10 +238,16 @@ def acquire_iso(cfg: Config, progress: Progress, cache_dir: Path) -> Path:
     return obtain_iso(source, cache_dir / "iso", progress)
 
 
-def provision(cfg: Config, progress: Progress, cache_dir: Path) -> None:
-    """The whole install. Raises a ProvisionError subclass on any failure."""
+def preflight_step(cfg: Config, progress: Progress) -> None:
+    """Host checks, before anything is asked of the user or written."""
     with progress.step("preflight", "Checking the host"):
         check_host(cfg)
+
+
+def provision(cfg: Config, progress: Progress, cache_dir: Path) -> None:
+    """The whole install after preflight. Raises a ProvisionError subclass on any failure."""
+    if not cfg.password_hash:
+        raise ProvisionError("internal: provision() needs the root password hash", "this is a bug in provision-arch")
     iso = acquire_iso(cfg, progress, cache_dir)  # draws its own progress bar
     with progress.step("iso", f"Reading {iso.name}"):
         boot = read_boot_files(iso, cache_dir / "boot")

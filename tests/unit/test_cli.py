@@ -69,10 +69,18 @@ def test_bad_hostname_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_missing_password_without_a_terminal(tmp_path: Path) -> None:
-    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", "x.iso"])
+    iso = tmp_path / "a.iso"
+    iso.write_bytes(b"")
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(iso)])
     assert result.exit_code == ExitCode.USAGE
     assert "no root password given" in result.output
     assert "--password-file" in result.output
+
+
+def test_host_problems_come_before_asking_for_a_password(tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso")])
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "no root password" not in result.output
 
 
 def test_missing_iso_is_a_host_problem_and_the_password_never_shows(tmp_path: Path) -> None:
