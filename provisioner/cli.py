@@ -200,8 +200,8 @@ def install(
             "timeout_scale": timeout_scale,
         }
         values = merge(cli_values, file_values)
-        secret_file = password_file or values.pop("password_file", None)
-        values.pop("password_file", None)
+        file_secret = values.pop("password_file", None)
+        secret_file = password_file or file_secret
         cfg = build({**values, "target": target, "log": log, "force": force})
         # The host first: nobody should type a password twice to learn QEMU is missing.
         preflight_step(cfg, progress)

@@ -138,7 +138,7 @@ def load_file(path: Path) -> dict[str, Any]:
 
 def merge(cli: Mapping[str, Any], file: Mapping[str, Any]) -> dict[str, Any]:
     """Command-line values win over the config file; ``None`` means 'not given'."""
-    merged = {key: value for key, value in file.items()}
+    merged = dict(file)
     merged.update({key: value for key, value in cli.items() if value is not None})
     return merged
 

@@ -98,7 +98,7 @@ class Console:
         names = [*patterns, "panic", "rescue"]
         regexes: list[Any] = [*patterns.values(), PANIC, RESCUE, pexpect.EOF, pexpect.TIMEOUT]
         index = self.child.expect(regexes, timeout=timeout * self.scale)
-        seen = self._before()
+        seen = self.output_so_far()
         if index < len(patterns):
             return names[index]
         name = names[index] if index < len(names) else ("eof" if index == len(names) else "timeout")
@@ -120,9 +120,6 @@ class Console:
 
     def output_so_far(self) -> str:
         """What the guest printed since the last match (for evidence in errors)."""
-        return self._before()
-
-    def _before(self) -> str:
         before = self.child.before
         return before if isinstance(before, str) else ""
 
@@ -164,7 +161,7 @@ class Console:
             except ConsoleTimeout:
                 waited += interval
                 interval = min(interval * 2, 15.0)  # quick at first, patient on a slow guest
-        raise ConsoleTimeout(waiting_for, budget * self.scale, self._before())
+        raise ConsoleTimeout(waiting_for, budget * self.scale, self.output_so_far())
 
     # -- commands ----------------------------------------------------------------------
 
@@ -178,7 +175,7 @@ class Console:
             timeout,
             f"the end of: {command}",
         )
-        output = self._before().replace("\r", "").replace("\x00", "").strip("\n")
+        output = self.output_so_far().replace("\r", "").replace("\x00", "").strip("\n")
         if matched == "continuation":
             # An unbalanced quote: never wait on it, cancel and report.
             self.child.sendintr()
@@ -200,4 +197,4 @@ class Console:
         self.child.send("poweroff\r")
         index = self.child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout * self.scale)
         if index == 1:
-            raise ConsoleTimeout("QEMU exit after poweroff", timeout * self.scale, self._before())
+            raise ConsoleTimeout("QEMU exit after poweroff", timeout * self.scale, self.output_so_far())

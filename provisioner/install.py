@@ -209,9 +209,9 @@ def start_live(cfg: Config, iso: Path, boot: BootFiles, transcript: Transcript, 
                 banner_seen = True
             con.login()
             return machine, con
-        except (ConsoleTimeout, BootFailed) as exc:
+        except BaseException as exc:
             machine.stop(graceful=False)
-            if banner_seen:
+            if banner_seen or not isinstance(exc, (ConsoleTimeout, BootFailed)):
                 raise
             # QEMU could not use KVM (no /dev/kvm access) or the guest hangs after firmware
             # (KVM without nested virtualisation): the kernel never printed its banner.
@@ -224,9 +224,6 @@ def start_live(cfg: Config, iso: Path, boot: BootFiles, transcript: Transcript, 
                 "use --accel tcg (slower), or --accel auto to fall back by itself",
                 output=con.output_so_far(),
             ) from exc
-        except BaseException:
-            machine.stop(graceful=False)
-            raise
 
 
 def acquire_iso(cfg: Config, progress: Progress, cache_dir: Path) -> Path:
