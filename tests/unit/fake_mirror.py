@@ -91,15 +91,26 @@ class FakeMirror:
 
 
 class Signer:
-    """A fresh ed25519 key in a private GNUPGHOME: signs files, exports its public key."""
+    """A fresh ed25519 key in a private GNUPGHOME: signs files, exports its public key.
 
-    def __init__(self, name: str) -> None:
+    With ``subkey`` it signs with a signing subkey, as release keys often do; ``fingerprint``
+    is always the primary key's, ``signing_key`` the one that makes the signatures.
+    """
+
+    def __init__(self, name: str, *, subkey: bool = False) -> None:
         # A short path under /tmp: gpg-agent's socket path must stay under ~100 characters.
         self.home = Path(tempfile.mkdtemp(prefix="pa-gpg-", dir="/tmp"))
         self.env = {**os.environ, "GNUPGHOME": str(self.home)}
         self._gpg("--quick-gen-key", f"{name} <{name}@example.invalid>", "ed25519", "sign", "never")
+        self.fingerprint = self._fingerprints()[0]
+        if subkey:
+            self._gpg("--quick-add-key", self.fingerprint, "ed25519", "sign", "never")
+        self.signing_key = self._fingerprints()[-1]
+
+    def _fingerprints(self) -> list[str]:
+        """The primary key's fingerprint, then its subkeys'."""
         listing = self._gpg("--list-keys", "--with-colons").stdout
-        self.fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        return [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
 
     def _gpg(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *args]
@@ -113,7 +124,8 @@ class Signer:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "data"
             src.write_bytes(data)
-            self._gpg("--local-user", self.fingerprint, "--detach-sign", "--output", f"{src}.sig", str(src))
+            # The trailing '!' makes gpg use exactly that (sub)key, not one it picks itself.
+            self._gpg("--local-user", f"{self.signing_key}!", "--detach-sign", "--output", f"{src}.sig", str(src))
             return Path(f"{src}.sig").read_bytes()
 
     def close(self) -> None:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from provisioner import acquire
+from provisioner import acquire, download, trust
 from provisioner.acquire import IsoSource, check_given_iso, obtain_iso
-from provisioner.errors import ExitCode, HostError, IsoError, ProvisionError, UsageError, VerifyError
-from provisioner.report import Progress
+from provisioner.errors import ExitCode, HostError, IsoError, UsageError, VerifyError
+from provisioner.events import Bus, Download, Event, Note, StepFinished, StepStarted
 from tests.unit.fake_mirror import FakeMirror, Signer
 
 RELEASE_FPR = "3E80CA1A8B89F69CBA57D98A76A5EF9054449A5C"
@@ -73,18 +72,18 @@ def mirror(good_sig: bytes) -> Iterator[FakeMirror]:
 
 @pytest.fixture(autouse=True)
 def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(acquire, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
-def out() -> io.StringIO:
-    return io.StringIO()
+def log() -> list[Event]:
+    return []
 
 
 @pytest.fixture
-def progress(out: io.StringIO) -> Progress:
-    # Not a terminal: plain lines, which the tests read back.
-    return Progress(console=Console(file=out, width=300, highlight=False))
+def events(log: list[Event]) -> Bus:
+    # A list sink: the tests read back what a display or the JSON stream would have received.
+    return Bus(log.append)
 
 
 @pytest.fixture
@@ -105,96 +104,123 @@ def leftovers(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir() if p.name != ".lock") if cache.exists() else []
 
 
-def test_latest_is_downloaded_verified_and_cached(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
-    iso = obtain_iso(source(mirror, key_file), cache, progress)
+def steps(log: list[Event]) -> list[tuple[str, str]]:
+    """(step, status) of every finished step, in order."""
+    return [(e.step, e.status) for e in log if isinstance(e, StepFinished)]
+
+
+def notes(log: list[Event]) -> str:
+    return "\n".join(e.message for e in log if isinstance(e, Note))
+
+
+def test_latest_is_downloaded_verified_and_cached(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]
+) -> None:
+    iso = obtain_iso(source(mirror, key_file), cache, events)
     assert iso == cache / NAME
     assert iso.read_bytes() == ISO
     assert leftovers(cache) == [NAME, f"{NAME}.sig", f"{NAME}.verified"]
-    assert [t.name for t in progress.timings] == ["download-iso", "verify-iso"]
-    assert all(t.status == "ok" for t in progress.timings)
+    assert [e.step for e in log if isinstance(e, StepStarted)] == ["download-iso", "verify-iso"]
+    assert steps(log) == [("download-iso", "ok"), ("verify-iso", "ok")]
+    # Progress arrives as Download events between the download step's start and finish.
+    start = next(i for i, e in enumerate(log) if isinstance(e, StepStarted))
+    finish = next(i for i, e in enumerate(log) if isinstance(e, StepFinished))
+    progress = [e for e in log if isinstance(e, Download)]
+    assert all(start < log.index(e) < finish for e in progress)
+    assert {e.name for e in progress} == {NAME}
+    assert {e.total for e in progress} == {len(ISO)}
+    assert progress[0].done == 0
+    assert progress[-1].done == len(ISO)
+    assert [e.done for e in progress] == sorted(e.done for e in progress)
 
 
-def test_wrong_checksum_keeps_file_out_of_cache(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_wrong_checksum_keeps_file_out_of_cache(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     mirror.files["/iso/latest/sha256sums.txt"] = sums_for(b"something else")
     with pytest.raises(VerifyError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert caught.value.exit_code == ExitCode.VERIFY
     assert caught.value.message.startswith(f"{NAME}: sha256 does not match sha256sums.txt")
     assert leftovers(cache) == []
 
 
 def test_bad_signature_keeps_file_out_of_cache(
-    mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress, signer: Signer
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, signer: Signer
 ) -> None:
     mirror.files[f"/iso/latest/{NAME}.sig"] = signer.sign(ISO + b"x")
     with pytest.raises(VerifyError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert caught.value.exit_code == ExitCode.VERIFY
     assert f"{NAME}: BAD signature" in caught.value.message
     assert leftovers(cache) == []
 
 
-def test_missing_signature_fails_before_downloading(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_missing_signature_fails_before_downloading(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     del mirror.files[f"/iso/latest/{NAME}.sig"]
     with pytest.raises(VerifyError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert f"{NAME}: no signature at {mirror.url}/iso/latest/{NAME}.sig" in caught.value.message
     assert iso_requests(mirror) == []
     assert leftovers(cache) == []
 
 
-def test_unknown_signer_is_named(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress, stranger: Signer) -> None:
+def test_unknown_signer_is_named(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, stranger: Signer) -> None:
     mirror.files[f"/iso/latest/{NAME}.sig"] = stranger.sign(ISO)
     with pytest.raises(VerifyError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert caught.value.message == f"{NAME}: signed by key {stranger.fingerprint}, which is not a trusted release key"
     assert "--trusted-key" in caught.value.hint
     assert leftovers(cache) == []
 
 
-def test_shipped_key_alone_rejects_the_test_signature(mirror: FakeMirror, cache: Path, progress: Progress) -> None:
+def test_shipped_key_alone_rejects_the_test_signature(mirror: FakeMirror, cache: Path, events: Bus) -> None:
     # Without --trusted-key only the real release key is trusted.
     with pytest.raises(VerifyError, match="not a trusted release key"):
-        obtain_iso(IsoSource(mirror=mirror.url), cache, progress)
+        obtain_iso(IsoSource(mirror=mirror.url), cache, events)
     assert leftovers(cache) == []
 
 
 def test_dropped_connection_is_resumed_with_range(
-    mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress, out: io.StringIO
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]
 ) -> None:
     mirror.drop[f"/iso/latest/{NAME}"] = 1
-    iso = obtain_iso(source(mirror, key_file), cache, progress)
+    iso = obtain_iso(source(mirror, key_file), cache, events)
     first, second = iso_requests(mirror)
     assert first is None
     assert second == f"bytes={len(ISO) // 2}-"
     assert iso.read_bytes() == ISO
-    assert "interrupted" in out.getvalue()
+    assert f"download of {NAME} interrupted" in notes(log)
+    # The second attempt's progress picks up where the first stopped.
+    done = [e.done for e in log if isinstance(e, Download)]
+    assert done[0] == 0
+    assert len(ISO) // 2 in done
+    assert done[-1] == len(ISO)
+    assert steps(log) == [("download-iso", "ok"), ("verify-iso", "ok")]
     assert leftovers(cache) == [NAME, f"{NAME}.sig", f"{NAME}.verified"]
 
 
-def test_part_left_by_an_earlier_run_is_resumed(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_part_left_by_an_earlier_run_is_resumed(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     cache.mkdir(parents=True)
     (cache / f"{NAME}.part").write_bytes(ISO[:1000])
-    iso = obtain_iso(source(mirror, key_file), cache, progress)
+    iso = obtain_iso(source(mirror, key_file), cache, events)
     assert iso_requests(mirror) == ["bytes=1000-"]
     assert iso.read_bytes() == ISO
 
 
-def test_corrupt_part_is_dropped(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_corrupt_part_is_dropped(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     cache.mkdir(parents=True)
     (cache / f"{NAME}.part").write_bytes(b"\0" * 1000)
     with pytest.raises(VerifyError, match="sha256 does not match"):
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert leftovers(cache) == []
     # … so the next run starts from byte 0 and succeeds.
-    assert obtain_iso(source(mirror, key_file), cache, progress).read_bytes() == ISO
+    assert obtain_iso(source(mirror, key_file), cache, events).read_bytes() == ISO
     assert iso_requests(mirror) == ["bytes=1000-", None]
 
 
-def test_404_is_an_iso_error_with_hint(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_404_is_an_iso_error_with_hint(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     mirror.files.clear()
     with pytest.raises(IsoError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert caught.value.exit_code == ExitCode.ISO
     assert caught.value.message == (
         f"could not fetch the checksums of the latest release from {mirror.url}/iso/latest/sha256sums.txt: HTTP 404 Not Found"
@@ -202,166 +228,261 @@ def test_404_is_an_iso_error_with_hint(mirror: FakeMirror, key_file: Path, cache
     assert "--iso PATH" in caught.value.hint
 
 
-def test_iso_404_after_checksums(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_iso_404_after_checksums(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]) -> None:
     del mirror.files[f"/iso/latest/{NAME}"]
     with pytest.raises(IsoError, match=f"could not download {NAME} from .*: HTTP 404"):
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert len(iso_requests(mirror)) == 1  # a 404 is not retried
-    assert [t.status for t in progress.timings] == ["failed"]
+    assert steps(log) == [("download-iso", "failed")]
 
 
-def test_server_gone_mid_download_keeps_part(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
+def test_server_gone_mid_download_keeps_part(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]
+) -> None:
     mirror.drop[f"/iso/latest/{NAME}"] = -1
     with pytest.raises(IsoError) as caught:
-        obtain_iso(source(mirror, key_file), cache, progress)
+        obtain_iso(source(mirror, key_file), cache, events)
     assert caught.value.message.startswith(f"could not download {NAME} from {mirror.url}/iso/latest/{NAME}: connection")
     assert f"kept in {NAME}.part" in caught.value.message
-    assert len(iso_requests(mirror)) == 1 + len(acquire.RETRY_DELAYS)
+    assert len(iso_requests(mirror)) == 1 + len(download.RETRY_DELAYS)
+    assert notes(log).count("interrupted") == len(download.RETRY_DELAYS)
+    assert steps(log) == [("download-iso", "failed")]
     # Only the partial file, never an ISO the cache would trust.
     assert leftovers(cache) == [f"{NAME}.part"]
     assert 0 < (cache / f"{NAME}.part").stat().st_size < len(ISO)
 
 
-def test_unreachable_mirror(key_file: Path, cache: Path, progress: Progress) -> None:
+def test_unreachable_mirror(key_file: Path, cache: Path, events: Bus) -> None:
     gone = FakeMirror().start()
     gone.stop()  # the port is closed now: connection refused
     with pytest.raises(IsoError, match=r"could not fetch the checksums of release 2024\.06\.01"):
-        obtain_iso(source(gone, key_file, VERSION), cache, progress)
+        obtain_iso(source(gone, key_file, VERSION), cache, events)
 
 
-def test_cache_hit_needs_no_network(
-    mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress, out: io.StringIO
-) -> None:
-    first = obtain_iso(source(mirror, key_file, VERSION), cache, progress)
+def test_cache_hit_needs_no_network(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]) -> None:
+    first = obtain_iso(source(mirror, key_file, VERSION), cache, events)
     mirror.stop()
-    again = obtain_iso(source(mirror, key_file, VERSION), cache, progress)
+    log.clear()
+    again = obtain_iso(source(mirror, key_file, VERSION), cache, events)
     assert again == first
     # Latest with the mirror down falls back to the newest verified ISO in the cache.
-    assert obtain_iso(source(mirror, key_file), cache, progress) == first
-    text = out.getvalue()
-    assert f"Using cached {NAME} (verified, signed by" in text
-    assert "using the cached" in text
-    assert "Re-checking" not in text  # the sidecar spared re-reading the ISO
+    assert obtain_iso(source(mirror, key_file), cache, events) == first
+    text = notes(log)
+    assert f"using cached {NAME} (verified)" in text
+    assert f"using the cached {NAME}" in text
+    assert steps(log) == []  # the sidecar spared re-reading the ISO: no verify-iso step
 
 
-def test_latest_cache_hit_fetches_only_checksums(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
-    obtain_iso(source(mirror, key_file), cache, progress)
+def test_changed_keyring_forces_reverification(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event], *, stranger: Signer, tmp_path: Path
+) -> None:
+    iso = obtain_iso(source(mirror, key_file, VERSION), cache, events)
+    before = json.loads((cache / f"{NAME}.verified").read_text())
+    mirror.stop()  # everything below comes from the cache
+    more = IsoSource(mirror=mirror.url, version=VERSION, trusted_keys=(key_file, stranger.export(tmp_path / "more.asc")))
+    log.clear()
+    assert obtain_iso(more, cache, events) == iso
+    # The keys changed, so the cached verdict is not taken on trust: gpgv checks the ISO again …
+    assert steps(log) == [("verify-iso", "ok")]
+    after = json.loads((cache / f"{NAME}.verified").read_text())
+    assert after["keyring"] != before["keyring"]
+    assert after["keyring"] == trust.load_keyring(more.trusted_keys).digest
+    # … and the sidecar now vouches for it under the new keys.
+    log.clear()
+    assert obtain_iso(more, cache, events) == iso
+    assert steps(log) == []
+    assert f"using cached {NAME} (verified)" in notes(log)
+
+
+def test_latest_cache_hit_fetches_only_checksums(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
+    obtain_iso(source(mirror, key_file), cache, events)
     mirror.requests.clear()
-    obtain_iso(source(mirror, key_file), cache, progress)
+    obtain_iso(source(mirror, key_file), cache, events)
     assert [r.path for r in mirror.requests] == ["/iso/latest/sha256sums.txt"]
 
 
-def test_tampered_cached_iso_is_replaced(mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress) -> None:
-    iso = obtain_iso(source(mirror, key_file), cache, progress)
+def test_tampered_cached_iso_is_replaced(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]) -> None:
+    iso = obtain_iso(source(mirror, key_file), cache, events)
     iso.write_bytes(b"evil" + ISO[4:])  # size the same, mtime changes
     mirror.requests.clear()
-    assert obtain_iso(source(mirror, key_file), cache, progress).read_bytes() == ISO
+    log.clear()
+    assert obtain_iso(source(mirror, key_file), cache, events).read_bytes() == ISO
     assert iso_requests(mirror) == [None]
+    assert f"cached {NAME} removed: {NAME}: sha256 does not match" in notes(log)
+    assert steps(log) == [("verify-iso", "failed"), ("download-iso", "ok"), ("verify-iso", "ok")]
 
 
 def test_cached_iso_from_a_key_no_longer_trusted_is_not_used(
-    mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]
 ) -> None:
-    obtain_iso(source(mirror, key_file, VERSION), cache, progress)
+    obtain_iso(source(mirror, key_file, VERSION), cache, events)
     mirror.stop()
+    log.clear()
     with pytest.raises(IsoError):  # not reused: the test key was dropped, so it needs the network
-        obtain_iso(IsoSource(mirror=mirror.url, version=VERSION), cache, progress)
+        obtain_iso(IsoSource(mirror=mirror.url, version=VERSION), cache, events)
+    assert steps(log) == [("verify-iso", "failed")]
+    assert "which is not a trusted release key" in notes(log)
     assert NAME not in leftovers(cache)
 
 
 def test_old_release_comes_from_the_archive(
-    mirror: FakeMirror, key_file: Path, cache: Path, progress: Progress, *, good_sig: bytes, out: io.StringIO
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, *, good_sig: bytes, log: list[Event]
 ) -> None:
     for suffix, body in (("sha256sums.txt", sums_for(ISO)), (NAME, ISO), (f"{NAME}.sig", good_sig)):
         mirror.files[f"/archive/iso/{VERSION}/{suffix}"] = body
         del mirror.files[f"/iso/{VERSION}/{suffix}"]
     src = IsoSource(mirror=mirror.url, version=VERSION, trusted_keys=(key_file,), archive=f"{mirror.url}/archive")
-    assert obtain_iso(src, cache, progress).read_bytes() == ISO
-    assert "trying the Arch Linux Archive" in out.getvalue()
+    assert obtain_iso(src, cache, events).read_bytes() == ISO
+    assert f"{VERSION} is not on {mirror.url}; trying the Arch Linux Archive" in notes(log)
     assert iso_requests(mirror, f"{VERSION}") == []
 
 
 def test_given_iso_with_good_signature(
-    key_file: Path, tmp_path: Path, progress: Progress, *, good_sig: bytes, out: io.StringIO, signer: Signer
+    key_file: Path, tmp_path: Path, events: Bus, *, good_sig: bytes, log: list[Event], signer: Signer
 ) -> None:
     iso = tmp_path / "my.iso"
     iso.write_bytes(ISO)
     (tmp_path / "my.iso.sig").write_bytes(good_sig)
-    check_given_iso(iso, (key_file,), progress)
-    assert f"signed by {signer.fingerprint}" in out.getvalue()
+    check_given_iso(iso, (key_file,), events)
+    assert f"my.iso is signed by {signer.fingerprint}" in notes(log)
+    assert steps(log) == [("verify-iso", "ok")]
 
 
-def test_given_iso_with_bad_signature(key_file: Path, tmp_path: Path, progress: Progress, good_sig: bytes) -> None:
+def test_signer_is_the_primary_key_when_a_subkey_signs(tmp_path: Path, events: Bus, log: list[Event]) -> None:
+    # gpgv's VALIDSIG names both keys; the primary one is what a user knows and trusts.
+    with_subkey = Signer("subkeyed", subkey=True)
+    try:
+        assert with_subkey.signing_key != with_subkey.fingerprint
+        iso = tmp_path / "my.iso"
+        iso.write_bytes(ISO)
+        (tmp_path / "my.iso.sig").write_bytes(with_subkey.sign(ISO))
+        check_given_iso(iso, (with_subkey.export(tmp_path / "key.asc"),), events)
+    finally:
+        with_subkey.close()
+    assert f"my.iso is signed by {with_subkey.fingerprint}" in notes(log)
+    assert with_subkey.signing_key not in notes(log)
+
+
+def test_given_iso_with_bad_signature(key_file: Path, tmp_path: Path, events: Bus, good_sig: bytes) -> None:
     iso = tmp_path / "my.iso"
     iso.write_bytes(ISO[:-1] + b"?")
     (tmp_path / "my.iso.sig").write_bytes(good_sig)
     with pytest.raises(VerifyError) as caught:
-        check_given_iso(iso, (key_file,), progress)
+        check_given_iso(iso, (key_file,), events)
     assert caught.value.message.startswith(f"{iso}: BAD signature")
     assert caught.value.exit_code == ExitCode.VERIFY
 
 
-def test_given_iso_with_garbage_signature(key_file: Path, tmp_path: Path, progress: Progress) -> None:
+def test_given_iso_with_garbage_signature(key_file: Path, tmp_path: Path, events: Bus) -> None:
     iso = tmp_path / "my.iso"
     iso.write_bytes(ISO)
     (tmp_path / "my.iso.sig").write_bytes(b"not a signature")
     with pytest.raises(VerifyError, match=f"{iso}: signature check failed"):
-        check_given_iso(iso, (key_file,), progress)
+        check_given_iso(iso, (key_file,), events)
 
 
-def test_given_iso_without_signature_warns(tmp_path: Path, progress: Progress, out: io.StringIO) -> None:
+def test_given_iso_without_signature_warns(tmp_path: Path, events: Bus, log: list[Event]) -> None:
     iso = tmp_path / "my.iso"
     iso.write_bytes(ISO)
-    check_given_iso(iso, (), progress)
-    assert "my.iso is not verified (no my.iso.sig beside it)" in out.getvalue()
+    check_given_iso(iso, (), events)
+    assert "my.iso is not verified (no my.iso.sig beside it)" in notes(log)
+    assert steps(log) == []
 
 
 def test_missing_gpgv_is_a_host_error(
-    key_file: Path, tmp_path: Path, progress: Progress, good_sig: bytes, monkeypatch: pytest.MonkeyPatch
+    key_file: Path, tmp_path: Path, events: Bus, good_sig: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     iso = tmp_path / "my.iso"
     iso.write_bytes(ISO)
     (tmp_path / "my.iso.sig").write_bytes(good_sig)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(HostError, match="gpgv not found"):
-        check_given_iso(iso, (key_file,), progress)
+        check_given_iso(iso, (key_file,), events)
 
 
-def test_shipped_release_key() -> None:
-    shipped = acquire.shipped_keys()
+def gpg(tmp_path: Path, *args: str, data: bytes) -> bytes:
+    """gpg itself, in a throwaway home, as the reference the tests compare against."""
+    argv = ["gpg", "--batch", "--homedir", str(tmp_path), *args]
+    return subprocess.run(argv, input=data, capture_output=True, check=True, timeout=30).stdout
+
+
+def test_shipped_release_key(tmp_path: Path) -> None:
+    shipped = trust.shipped_keys()
     assert [name for name, _ in shipped] == [f"pierre-schmitz-{RELEASE_FPR}.asc"]
-    assert acquire.fingerprints(acquire.dearmor(shipped[0][1])) == {RELEASE_FPR}
-    assert acquire.load_keyring().fingerprints == {RELEASE_FPR}
-    # Cross-check the hand-written packet parser with gpg itself.
-    listing = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--show-keys"], input=shipped[0][1], capture_output=True, check=True, timeout=30
-    ).stdout.decode()
+    # The file holds the key its name promises (the README tells maintainers to rely on that).
+    listing = gpg(tmp_path, "--with-colons", "--show-keys", data=shipped[0][1]).decode()
     assert f"fpr:::::::::{RELEASE_FPR}:" in listing.splitlines()
     assert "pierre@archlinux.de" in listing
+    # What gpgv is given is exactly gpg's own binary form of the shipped key.
+    assert trust.load_keyring().data == gpg(tmp_path, "--dearmor", data=shipped[0][1])
 
 
-def test_trusted_key_must_be_a_key(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.asc"
-    junk.write_text("hello\n")
-    with pytest.raises(UsageError, match=r"junk\.asc is not an OpenPGP public key"):
-        acquire.load_keyring((junk,))
-    with pytest.raises(UsageError, match="cannot read --trusted-key"):
-        acquire.load_keyring((tmp_path / "absent.asc",))
+def test_dearmor_handles_several_blocks(tmp_path: Path, key_file: Path, stranger: Signer) -> None:
+    both = key_file.read_bytes() + stranger.export(tmp_path / "stranger.asc").read_bytes()
+    binary = trust.dearmor(both)
+    assert binary == gpg(tmp_path, "--dearmor", data=key_file.read_bytes()) + gpg(
+        tmp_path, "--dearmor", data=(tmp_path / "stranger.asc").read_bytes()
+    )
+    assert trust.dearmor(binary) == binary  # binary input passes through
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("head", "is_key"),
     [
-        ({"version": "2024-06-01"}, "invalid --iso-version"),
-        ({"version": "../../etc"}, "invalid --iso-version"),
-        ({"mirror": "ftp://example.org"}, "invalid --iso-mirror URL"),
-        ({"mirror": "geo.mirror.pkgbuild.com"}, "invalid --iso-mirror URL"),
+        (b"\x99\x00\x33", True),  # old format, tag 6, two length octets: what gpg --export writes
+        (b"\x98\x33", True),  # old format, tag 6, one length octet
+        (b"\xc6\x33", True),  # new format, tag 6
+        (b"\x89\x01\x33", False),  # old format, tag 2: a signature
+        (b"\xc2\x33", False),  # new format, tag 2
+        (b"\x95\x01\x33", False),  # old format, tag 5: a secret key
+        (b"\xc5\x33", False),  # new format, tag 5
+        (b"hello", False),  # bit 7 clear: not a packet at all
+        (b"", False),
     ],
 )
-def test_bad_source_is_a_usage_error(kwargs: dict[str, str], message: str) -> None:
+def test_public_key_packet_header(head: bytes, is_key: bool) -> None:
+    assert trust.is_public_key(head) is is_key
+
+
+BROKEN_ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64!\n-----END PGP PUBLIC KEY BLOCK-----\n"
+
+
+@pytest.mark.parametrize("kind", ["text", "signature", "empty", "broken armor"])
+def test_trusted_key_that_is_not_a_key_is_refused(
+    kind: str, mirror: FakeMirror, cache: Path, events: Bus, *, tmp_path: Path, good_sig: bytes
+) -> None:
+    content = {"text": b"hello\n", "signature": good_sig, "empty": b"", "broken armor": BROKEN_ARMOR}[kind]
+    bad = tmp_path / "bad.asc"
+    bad.write_bytes(content)
+    with pytest.raises(UsageError, match=r"^.*/bad\.asc is not an OpenPGP public key") as caught:
+        obtain_iso(source(mirror, bad), cache, events)
+    assert caught.value.exit_code == ExitCode.USAGE
+    assert "gpg --export" in caught.value.hint
+    assert mirror.requests == []  # refused before anything is fetched
+
+
+def test_unreadable_trusted_key(tmp_path: Path, events: Bus) -> None:
+    iso = tmp_path / "my.iso"
+    iso.write_bytes(ISO)
+    (tmp_path / "my.iso.sig").write_bytes(b"unused")
+    with pytest.raises(UsageError, match=r"cannot read --trusted-key .*absent\.asc"):
+        check_given_iso(iso, (tmp_path / "absent.asc",), events)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message", "hint"),
+    [
+        ({"version": "2024-06-01"}, "invalid --iso-version", "e.g. 2024.06.01"),
+        ({"version": "../../etc"}, "invalid --iso-version", "e.g. 2024.06.01"),
+        ({"mirror": "ftp://example.org"}, "invalid --iso-mirror URL", "http(s) mirror"),
+        ({"mirror": "geo.mirror.pkgbuild.com"}, "invalid --iso-mirror URL", "http(s) mirror"),
+        ({"archive": "file:///srv/archive"}, "invalid archive URL", "http(s) mirror"),
+    ],
+)
+def test_bad_source_is_a_usage_error(kwargs: dict[str, str], message: str, hint: str) -> None:
     with pytest.raises(UsageError, match=message) as caught:
         IsoSource(**kwargs)  # type: ignore[arg-type]
-    assert isinstance(caught.value, ProvisionError)
+    assert hint in caught.value.hint
 
 
 def test_parse_sums_picks_the_dated_iso() -> None:
