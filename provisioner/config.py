@@ -1,4 +1,9 @@
-"""The resolved, validated configuration of one run.
+"""The resolved, validated configuration of one run, and the one table of install options.
+
+``Config``'s fields are the option table: each install option is a field declared with
+``option(default, help, …)``, and the command line (``cli.py``), the config-file keys
+(``load_file``), their defaults and help, and the README's option table are all derived
+from, or checked against, these fields. An option is written once.
 
 Every user value that later reaches a guest shell (hostname, locale, timezone, keymap,
 package names, mirror URL) is checked here, once, against a strict pattern. The guest
@@ -8,12 +13,15 @@ makes errors early and clear, quoting keeps the shell safe.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +47,83 @@ class Accel(StrEnum):
 
 
 @dataclass(frozen=True)
+class Option:
+    """How a Config field is offered: its help, flags, and where it may be set."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # default: --field-name
+    metavar: str | None = None
+    envvar: str | None = None
+    in_file: bool = True  # a config-file key (the field name)
+    split: bool = False  # list values may also be given as "a b,c"
+    default_text: str = ""  # what the default means, where the value alone would not say
+
+
+def option(default: Any, help: str, **how: Any) -> Any:
+    """A Config field that is an install option; ``how`` as in ``Option``."""
+    return field(default=default, metadata={"option": Option(help, **how)})
+
+
+@dataclass(frozen=True)
 class Config:
     target: Path
-    iso: Path | None = None
-    iso_mirror: str | None = None
-    iso_version: str | None = None
-    trusted_keys: tuple[Path, ...] = ()
-    packages: tuple[str, ...] = DEFAULT_PACKAGES
-    hostname: str = "archlinux"
-    timezone: str = "UTC"
-    locale: str = "en_US.UTF-8"
-    keymap: str = "us"
-    mirror: str | None = None
-    memory: int = 2048
-    cpus: int = 2
-    accel: Accel = Accel.AUTO
-    log: Path | None = None
-    force: bool = False
-    refresh_keyring: bool = True
-    timeout_scale: float = 1.0
+    iso: Path | None = option(
+        None, "The Arch ISO; verified when ISO.sig lies beside it.", metavar="PATH", default_text="download and verify the latest"
+    )
+    iso_mirror: str | None = option(
+        None, "Mirror to download the ISO from, without --iso.", metavar="URL", default_text="https://geo.mirror.pkgbuild.com"
+    )
+    iso_version: str | None = option(
+        None, "Release to download, YYYY.MM.DD; old ones come from the Arch Linux Archive.", metavar="DATE", default_text="latest"
+    )
+    trusted_keys: tuple[Path, ...] = option(
+        (), "Extra OpenPGP key file trusted to sign the ISO (repeatable).", flags=("--trusted-key",), metavar="FILE"
+    )
+    packages: tuple[str, ...] = option(
+        DEFAULT_PACKAGES,
+        "Packages to install (repeatable; 'a b,c' lists several).",
+        flags=("--package", "--packages", "-p"),
+        metavar="NAME",
+        split=True,
+    )
+    hostname: str = option("archlinux", "Host name of the new system.", metavar="NAME")
+    timezone: str = option("UTC", "Zoneinfo name, e.g. Europe/Berlin.", metavar="ZONE")
+    locale: str = option("en_US.UTF-8", "Locale with charset, e.g. de_DE.UTF-8.", metavar="LOCALE")
+    keymap: str = option("us", "Console keymap for vconsole.conf.", metavar="KEYMAP")
+    mirror: str | None = option(
+        None, "Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (mirror= on the ISO's kernel command line).",
+        metavar="URL",
+    )  # fmt: skip
+    memory: int = option(2048, "Guest memory in MiB.", metavar="MIB")
+    cpus: int = option(2, "Guest CPUs.", metavar="N")
+    accel: Accel = option(
+        Accel.AUTO, "auto: KVM when usable, falling back to TCG if the guest stays silent.", metavar="auto|kvm|tcg"
+    )
+    refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")
+    timeout_scale: float = option(1.0, "Multiply every timeout (slow machines, big package sets).", metavar="X")
+    log: Path | None = option(
+        None, "Console transcript file.", metavar="FILE", default_text="TARGET/.provision-arch/console.log"
+    )
+    force: bool = option(False, "Install into a non-empty target directory.", in_file=False)
+    password_file: Path | None = option(
+        None,
+        "File whose first line is the root password (hashed on the host, never sent).",
+        metavar="FILE",
+        envvar="PROVISION_ARCH_PASSWORD_FILE",
+    )
     # Never printed: the dataclass repr leaves it out, and nothing logs it.
-    password_hash: str = field(default="", repr=False)
+    password_hash: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "option": Option(
+                "Root password as a crypt hash ($6$… from `openssl passwd -6`).",
+                metavar="HASH",
+                envvar="PROVISION_ARCH_PASSWORD_HASH",
+                in_file=False,
+            )
+        },
+    )
 
     @property
     def locale_gen_line(self) -> str:
@@ -103,12 +167,89 @@ def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> None:
         raise UsageError(f"invalid {what} {value!r}", hint)
 
 
+@dataclass(frozen=True)
+class OptionField:
+    """One row of the option table: a Config field with its resolved type and default."""
+
+    name: str
+    type: Any  # the resolved annotation, e.g. tuple[str, ...] or Path | None
+    default: Any
+    option: Option
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Its command-line flags; a switch that is on by default also has its --no- form."""
+        flags = self.option.flags or ("--" + self.name.replace("_", "-"),)
+        if self.base_type is bool and self.default is True:
+            flags = (*flags, "--no-" + flags[0].removeprefix("--"))
+        return flags
+
+    @property
+    def base_type(self) -> Any:
+        """The type without ``| None`` and without the tuple around repeatable values."""
+        args = [arg for arg in typing.get_args(self.type) if arg is not type(None)]
+        if typing.get_origin(self.type) is tuple:
+            return args[0]
+        return args[0] if args and typing.get_origin(self.type) is not None else self.type
+
+    @property
+    def repeatable(self) -> bool:
+        return typing.get_origin(self.type) is tuple
+
+
+@cache
+def option_table() -> tuple[OptionField, ...]:
+    hints = typing.get_type_hints(Config)
+    return tuple(
+        OptionField(f.name, hints[f.name], f.default, f.metadata["option"])
+        for f in dataclasses.fields(Config)
+        if "option" in f.metadata
+    )
+
+
+def config_keys() -> frozenset[str]:
+    return frozenset(row.name for row in option_table() if row.option.in_file)
+
+
 def split_packages(values: list[str]) -> tuple[str, ...]:
-    """Accept both ``--package a --package b`` and ``--packages "a b"`` forms."""
+    """Accept ``--package a --package b``, ``--package "a b"`` and ``"a,b"`` alike."""
     return tuple(name for value in values for name in value.replace(",", " ").split())
 
 
-CONFIG_KEYS = {f.name for f in fields(Config)} - {"target", "password_hash", "force", "log"} | {"password_file"}
+def _from_file(row: OptionField, value: Any, base: Path) -> Any:
+    """A TOML value for one option, as the Config field wants it, or a UsageError naming the key."""
+    kind = row.base_type
+
+    def wrong(expected: str) -> UsageError:
+        hint = f"see README 'Config file': {row.option.help}"
+        return UsageError(f"config key {row.name!r} must be {expected}, not {value!r}", hint)
+
+    def one(item: Any) -> Any:
+        if kind is Path:
+            if not isinstance(item, str):
+                raise wrong("a path string")
+            return base / os.path.expanduser(item)  # relative to the config file
+        if kind is bool:
+            if not isinstance(item, bool):
+                raise wrong("true or false")
+            return item
+        if kind is int:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise wrong("a whole number")
+            return item
+        if kind is float:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise wrong("a number")
+            return float(item)
+        if not isinstance(item, str):
+            raise wrong("a string")
+        return item
+
+    if not row.repeatable:
+        return one(value)
+    items = value if isinstance(value, list) else [value]
+    converted = [one(item) for item in items]
+    return split_packages(converted) if row.option.split else tuple(converted)
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -120,20 +261,12 @@ def load_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}", "check the --config path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}", "see README 'Config file'") from exc
-    unknown = sorted(set(data) - CONFIG_KEYS)
+    keys = config_keys()
+    unknown = sorted(set(data) - keys)
     if unknown:
-        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}", f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
-    base = path.parent
-    for key in ("iso", "password_file"):
-        if key in data:
-            data[key] = base / os.path.expanduser(str(data[key]))
-    if "trusted_keys" in data:
-        keys = data["trusted_keys"]
-        data["trusted_keys"] = tuple(base / os.path.expanduser(str(k)) for k in (keys if isinstance(keys, list) else [keys]))
-    if "packages" in data:
-        value = data["packages"]
-        data["packages"] = split_packages(value if isinstance(value, list) else [str(value)])
-    return data
+        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}", f"known keys: {', '.join(sorted(keys))}")
+    rows = {row.name: row for row in option_table()}
+    return {key: _from_file(rows[key], value, path.parent) for key, value in data.items()}
 
 
 def merge(cli: Mapping[str, Any], file: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,7 +279,6 @@ def merge(cli: Mapping[str, Any], file: Mapping[str, Any]) -> dict[str, Any]:
 def build(values: Mapping[str, Any]) -> Config:
     """Make a Config from merged values, turning type errors into usage errors."""
     kwargs = dict(values)
-    kwargs.pop("password_file", None)
     try:
         if "accel" in kwargs:
             kwargs["accel"] = Accel(kwargs["accel"])
@@ -158,3 +290,19 @@ def build(values: Mapping[str, Any]) -> Config:
         return Config(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid configuration: {exc}", "see provision-arch --help") from exc
+
+
+def defaults_shown() -> Iterator[tuple[OptionField, str]]:
+    """Each option with its default as the README and --help show it ('' when none)."""
+    for row in option_table():
+        default = row.default
+        if row.option.default_text:
+            yield row, row.option.default_text
+        elif default in (None, (), "") or (row.base_type is bool and default is False):
+            yield row, ""
+        elif isinstance(default, tuple):
+            yield row, " ".join(map(str, default))
+        elif isinstance(default, bool):
+            yield row, "on"
+        else:
+            yield row, str(default)

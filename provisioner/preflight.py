@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.config import Config
+from provisioner.errors import HostError
 from provisioner.qemu import QEMU
 from provisioner.run import NotFound, run
 
@@ -137,3 +139,16 @@ def host_checks() -> list[Check]:
 
 def problems(checks: list[Check]) -> list[Problem]:
     return [problem for check in checks for problem in check()]
+
+
+def check_host(cfg: Config) -> None:
+    """Everything an install needs of the host; all problems at once, the first one's fix as the hint."""
+    checks = [*host_checks(), lambda: check_target(cfg.target, cfg.force)]
+    if cfg.iso is not None:
+        iso = cfg.iso
+        checks.append(lambda: check_iso(iso))
+    found = problems(checks)
+    if found:
+        first, *others = found
+        also = "".join(f"\nerror: {p.message}\n  hint: {p.fix}" for p in others)
+        raise HostError(first.message + also, first.fix)

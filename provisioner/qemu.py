@@ -8,6 +8,7 @@ time for the guest to power off, then terminates it, then kills it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -133,9 +134,12 @@ def resolve_accel(accel: Accel) -> Accel:
     """AUTO: KVM when /dev/kvm is usable and the CPU offers virtualisation, else TCG."""
     if accel is not Accel.AUTO:
         return accel
-    if os.access("/dev/kvm", os.R_OK | os.W_OK) and cpu_has_virtualisation():
-        return Accel.KVM
-    return Accel.TCG
+    return Accel.KVM if kvm_usable() else Accel.TCG
+
+
+def kvm_usable() -> bool:
+    """/dev/kvm is ours to open and the CPU offers virtualisation (a guest may still hang)."""
+    return os.access("/dev/kvm", os.R_OK | os.W_OK) and cpu_has_virtualisation()
 
 
 def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
@@ -159,18 +163,35 @@ def _die_with_parent() -> None:
 
 
 class Machine:
-    """A running QEMU whose serial console is ``self.child``; always ended on exit."""
+    """One QEMU process whose serial console is a pexpect child; in the shape of QEMU's
+    ``python/qemu/machine``.
+
+    ``launch()`` starts the process and may be called once; ``shutdown()`` ends it and is
+    safe to call any number of times; entering the context starts nothing, and leaving it
+    always shuts down. So no code path can start a second QEMU by entering a context twice.
+    """
 
     def __init__(self, argv: Sequence[str], logfile: object | None = None, shutdown_grace: float = 60.0) -> None:
         self.argv = list(argv)
         self.logfile = logfile
         self.shutdown_grace = shutdown_grace
-        self.child: pexpect.spawn[str] | None = None
+        self._child: pexpect.spawn[str] | None = None
+        self._launched = False
 
     def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.shutdown(hard=exc_type is not None)
+
+    def launch(self) -> pexpect.spawn[str]:
+        """Start QEMU; its console is the returned child. A second call is a bug."""
+        if self._launched:
+            raise RuntimeError("internal: Machine.launch() called twice")
+        self._launched = True
         log.debug("+ %s", shlex.join(self.argv))
         try:
-            self.child = pexpect.spawn(
+            self._child = pexpect.spawn(
                 self.argv[0],
                 self.argv[1:],
                 encoding="utf-8",
@@ -184,33 +205,31 @@ class Machine:
                 f"cannot start {self.argv[0]}: {exc}", "install it: apt-get install qemu-system-x86 util-linux uidmap"
             ) from exc
         if self.logfile is not None:
-            self.child.logfile_read = self.logfile  # type: ignore[assignment]
-        return self
+            self._child.logfile_read = self.logfile  # type: ignore[assignment]
+        return self._child
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop(graceful=exc_type is None)
+    @property
+    def child(self) -> pexpect.spawn[str]:
+        if self._child is None:
+            raise RuntimeError("internal: the machine was not launched")
+        return self._child
 
     @property
     def alive(self) -> bool:
-        return self.child is not None and self.child.isalive()
+        return self._child is not None and self._child.isalive()
 
-    def wait_exit(self, timeout: float) -> bool:
-        """Wait for QEMU to end by itself (guest poweroff); True when it did."""
-        if self.child is None:
-            return True
-        try:
-            self.child.expect(pexpect.EOF, timeout=timeout)
-        except pexpect.TIMEOUT:
-            return False
-        self.child.wait()
-        return True
-
-    def stop(self, *, graceful: bool) -> None:
-        if self.child is None:
+    def shutdown(self, *, hard: bool = False) -> None:
+        """End QEMU: wait up to the grace for a guest that is powering off (unless ``hard``),
+        then terminate, then kill; always reap. Idempotent."""
+        child, self._child = self._child, None
+        if child is None:
             return
-        if graceful and self.child.isalive():
-            self.wait_exit(self.shutdown_grace)
-        if self.child.isalive():
-            # SIGHUP, SIGINT, then SIGKILL: QEMU ends cleanly on the first two.
-            self.child.terminate(force=True)
-        self.child.close(force=True)
+        try:
+            if not hard and child.isalive():
+                with contextlib.suppress(pexpect.TIMEOUT):
+                    child.expect(pexpect.EOF, timeout=self.shutdown_grace)
+        finally:
+            if child.isalive():
+                # SIGHUP, SIGINT, then SIGKILL: QEMU ends cleanly on the first two.
+                child.terminate(force=True)
+            child.close(force=True)

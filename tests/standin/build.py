@@ -42,6 +42,10 @@ def kernel_version() -> str:
     """The host's Debian kernel (the same one the test repo's `linux` package carries)."""
     return host_kernel_release()
 
+
+def host_packages() -> tuple[str, ...]:
+    return (f"linux-image-{kernel_version()}", *HOST_PACKAGES)
+
 SUITE = "bookworm"
 ISO_NAME = "archlinux-standin-x86_64.iso"
 
@@ -81,9 +85,9 @@ ROOTFS_INCLUDE = (
 ROOTFS_RECIPE = "1"
 
 # Host packages whose files end up in the image or shape it: their versions
-# are part of the cache key.
+# are part of the cache key (with the kernel's, which host_packages() adds: it is
+# probed lazily, so that importing this module needs no kernel on the host).
 HOST_PACKAGES = (
-    f"linux-image-{kernel_version()}",
     "busybox-static",
     "debootstrap",
     "squashfs-tools",
@@ -275,7 +279,7 @@ def iso_key(repo: ModuleType | None) -> str:
                 digest.update(path.read_bytes())
     else:
         digest.update(b"fallback-repo\n")
-    for version in package_versions(HOST_PACKAGES):
+    for version in package_versions(host_packages()):
         digest.update(version.encode() + b"\n")
     return digest.hexdigest()[:16]
 

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import pycdlib
 import pytest
 
 from provisioner.errors import IsoError
 from provisioner.iso import read_boot_files
-
-UUID = "2026-11-01-10-20-30-00"
-
-
-def make_iso(
-    path: Path, label: str = "ARCH_202611", uuid: str | None = UUID, microcode: bool = False, kernel: bool = True
-) -> Path:
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident=label)
-    for directory in ("/BOOT", "/ARCH", "/ARCH/BOOT", "/ARCH/BOOT/X86_64"):
-        iso.add_directory(directory, rr_name=directory.rsplit("/", 1)[1].lower())
-    files = {"/ARCH/BOOT/X86_64/INITRAMF.IMG;1": ("initramfs-linux.img", b"INITRAMFS")}
-    if kernel:
-        files["/ARCH/BOOT/X86_64/VMLINUZ.;1"] = ("vmlinuz-linux", b"KERNEL")
-    if uuid:
-        files["/BOOT/UUID.;1"] = (f"{uuid}.uuid", b"")
-    if microcode:
-        files["/ARCH/BOOT/INTELUC.IMG;1"] = ("intel-ucode.img", b"INTEL")
-        files["/ARCH/BOOT/AMDUC.IMG;1"] = ("amd-ucode.img", b"AMD")
-    for iso_path, (rr_name, data) in files.items():
-        iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=rr_name)
-    iso.write(str(path))
-    iso.close()
-    return path
+from tests.helpers import UUID, make_iso
 
 
 def test_reads_label_uuid_and_extracts_boot_files(tmp_path: Path) -> None:

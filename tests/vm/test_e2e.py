@@ -8,21 +8,25 @@ into a venv that user can read. Then, as that user: install into ./base with onl
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
 
 from provisioner.config import build
+from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
 
@@ -106,38 +110,86 @@ def as_user(user: E2EUser, workdir: Path, argv: list[str]) -> list[str]:
     return ["runuser", "-u", user.name, "--", "env", "-i", *env, *argv]
 
 
+@dataclass(frozen=True)
+class Installed:
+    base: Path
+    result: subprocess.CompletedProcess[str]
+    events: list[dict[str, Any]]
+    most_qemus: int  # the most QEMU processes of the user seen at once during the install
+
+
+def user_qemus(uid: int) -> int:
+    """How many qemu-system-x86_64 processes run as ``uid`` right now."""
+    count = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid == uid and (proc / "comm").read_text().strip().startswith("qemu-system-x86"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 @pytest.fixture(scope="module")
-def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Installed:
     password_file = workdir / "root-password"
     password_file.write_text(PASSWORD + "\n")
     os.chown(password_file, user.uid, user.gid)
     password_file.chmod(0o600)
     base = workdir / "base"
-    argv = [str(cli), str(base), "--iso", str(standin_iso), "--password-file", str(password_file), "--hostname", HOSTNAME]
+    argv = [str(cli), str(base), "--iso", str(standin_iso), "--password-file", str(password_file), "--hostname", HOSTNAME,
+            "--json"]  # fmt: skip
     started = time.monotonic()
-    result = subprocess.run(as_user(user, workdir, argv), capture_output=True, text=True, timeout=2400, check=False)
+    most = 0
+    with subprocess.Popen(as_user(user, workdir, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(child.stdout.read() if child.stdout else ""))
+        err: list[str] = []
+        err_reader = threading.Thread(target=lambda: err.append(child.stderr.read() if child.stderr else ""))
+        reader.start()
+        err_reader.start()
+        # Sample the process list while it runs: one QEMU at a time, never two.
+        while child.poll() is None and time.monotonic() - started < 2400:
+            most = max(most, user_qemus(user.uid))
+            time.sleep(0.5)
+        reader.join()
+        err_reader.join()
     TIMES["provision-arch ./base (install)"] = time.monotonic() - started
+    result = subprocess.CompletedProcess(argv, child.returncode, "".join(out), "".join(err))
     print(result.stderr)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
-    return base, result
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    return Installed(base, result, events, most)
 
 
-def test_install_succeeds_and_prints_how_to_boot(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    base, result = installed
-    assert result.stdout.strip() == f"provision-arch boot {base}"
-    for step in ("keyring", "mount", "pacstrap", "configure", "initramfs", "password", "unmount", "poweroff"):
-        assert step in result.stderr, f"step {step} missing from the timing table"
+def test_install_succeeds_with_one_qemu_and_every_step(installed: Installed) -> None:
+    assert installed.most_qemus == 1, f"{installed.most_qemus} QEMU processes ran at once"
+    started = [e["step"] for e in installed.events if e["type"] == "step-started"]
+    finished = {e["step"]: e["status"] for e in installed.events if e["type"] == "step-finished"}
+    assert started == ["preflight", "read-iso", "stage", "boot", *(step.name for step in STEPS), "poweroff"]
+    assert set(finished.values()) == {"ok"} and set(finished) == set(started)
+    result = installed.events[-1]
+    assert result["type"] == "result" and result["paths"]["target"] == str(installed.base)
 
 
-def test_ownership_lands_in_the_users_ids(installed: tuple[Path, subprocess.CompletedProcess[str]], user: E2EUser) -> None:
-    base, _ = installed
+def test_step_times_account_for_the_wall_time(installed: Installed) -> None:
+    """The step table is honest: its sum is the run's wall time, within 2 %."""
+    steps = sum(e["seconds"] for e in installed.events if e["type"] == "step-finished")
+    wall = installed.events[-1]["seconds"]
+    TIMES["install wall time (from the result event)"] = wall
+    TIMES["install sum of step times"] = steps
+    assert abs(wall - steps) <= 0.02 * wall, f"steps {steps:.1f} s vs wall {wall:.1f} s"
+
+
+def test_ownership_lands_in_the_users_ids(installed: Installed, user: E2EUser) -> None:
+    base = installed.base
     for path in ("etc/hostname", "etc/mkinitcpio.conf", "boot/initramfs-linux.img", "usr/bin"):
         stat = (base / path).lstat()
         assert (stat.st_uid, stat.st_gid) == (user.uid, user.gid), path
 
 
-def test_rendered_files_and_enabled_services(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    base, _ = installed
+def test_rendered_files_and_enabled_services(installed: Installed) -> None:
+    base = installed.base
     cfg = build({"target": base, "hostname": HOSTNAME})
     for path, content in rootfs_files(cfg).items():
         assert (base / str(path).lstrip("/")).read_text() == content, path
@@ -153,8 +205,8 @@ def test_rendered_files_and_enabled_services(installed: tuple[Path, subprocess.C
     assert (base / "boot/initramfs-linux.img").stat().st_size > 0
 
 
-def test_password_set_from_the_hash_and_never_written_in_clear(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    base, result = installed
+def test_password_set_from_the_hash_and_never_written_in_clear(installed: Installed) -> None:
+    base, result = installed.base, installed.result
     root_entry = next(line for line in (base / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
     hashed = root_entry.split(":")[1]
     assert hashed.startswith("$6$") and verifies(PASSWORD, hashed)
@@ -164,13 +216,13 @@ def test_password_set_from_the_hash_and_never_written_in_clear(installed: tuple[
     for leak in (PASSWORD, hashed):
         assert leak not in text
         assert leak not in result.stdout + result.stderr
-    assert not (base / ".provision-arch/root.chpasswd").exists()
+    assert not list(base.rglob("root.chpasswd")), "the staged hash outlived the run"
 
 
 def test_boot_the_result_and_log_in(
-    installed: tuple[Path, subprocess.CompletedProcess[str]], user: E2EUser, cli: Path, workdir: Path
+    installed: Installed, user: E2EUser, cli: Path, workdir: Path
 ) -> None:
-    base, _ = installed
+    base = installed.base
     argv = as_user(user, workdir, [str(cli), "boot", str(base), "--accel", "tcg"])
     started = time.monotonic()
     child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace", timeout=300)

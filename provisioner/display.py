@@ -1,0 +1,158 @@
+"""The human display: events drawn on stderr for a person, or as plain lines for a log.
+
+On a terminal each step shows a spinner, its elapsed time and the guest's latest console
+line, and a download shows a progress bar; elsewhere (CI logs) one plain line when a step
+starts, one when it ends, and a download line every 10 %. Everything goes to stderr.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich import progress as rich_progress
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from provisioner.events import (
+    ConsoleLine,
+    Download,
+    Error,
+    Event,
+    Note,
+    Result,
+    StepFinished,
+    StepSkipped,
+    StepStarted,
+)
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class Display:
+    """An event sink that draws for a person on ``console`` (stderr by default)."""
+
+    def __init__(self, console: Console | None = None, verbose: bool = False) -> None:
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.verbose = verbose
+        self.finished: list[StepFinished | StepSkipped] = []
+        self._live: Live | None = None
+        self._bar: rich_progress.Progress | None = None
+        self._title = ""
+        self._started = 0.0
+        self._last_line = ""
+        self._tenth = -1
+        self._spinner = Spinner("dots")
+
+    @property
+    def animated(self) -> bool:
+        return self.console.is_terminal and not self.verbose
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case StepStarted() | StepFinished() | StepSkipped():
+                self._step(event)
+            case ConsoleLine(message=text):
+                self._line(text)
+            case Download():
+                self._download(event)
+            case Note(message=message):
+                self.console.print(f"[yellow]![/] {escape(message)}")
+            case Error():
+                self._error(event)
+            case Result():
+                if self.finished:
+                    self.console.print(self.table(event.seconds))
+                self.console.print(f"[green]{escape(event.message)}[/]")
+
+    def _step(self, event: StepStarted | StepFinished | StepSkipped) -> None:
+        if isinstance(event, StepStarted):
+            self._title, self._started, self._last_line, self._tenth = event.title, time.monotonic(), "", -1
+            if self.animated:
+                self._live = Live(self, console=self.console, transient=True, refresh_per_second=4)
+                self._live.start()
+            else:
+                self.console.print(f"==> {escape(event.title)} …")
+            return
+        self._stop()
+        self.finished.append(event)
+        if isinstance(event, StepSkipped):
+            self.console.print(f"[dim]- {escape(event.title)} (skipped)[/]")
+        else:
+            mark = "[green]✓[/]" if event.status == "ok" else "[red]✗[/]"
+            self.console.print(f"{mark} {escape(event.title)} [dim]({event.seconds:.1f} s)[/]")
+
+    def _error(self, event: Error) -> None:
+        self._stop()
+        self.console.print(f"[red]error:[/] {escape(event.message)}")
+        if event.details:
+            self.console.print(escape(event.details), style="dim")
+        if event.hint:
+            self.console.print(f"  [bold]hint:[/] {escape(event.hint)}")
+
+    def _stop(self) -> None:
+        for running in (self._live, self._bar):
+            if running is not None:
+                running.stop()
+        self._live = self._bar = None
+
+    def _line(self, text: str) -> None:
+        """A line of guest console output: shown live, or printed in verbose mode."""
+        text = "".join(ch for ch in text if ch.isprintable()).strip()
+        if not text:
+            return
+        self._last_line = text
+        if self.verbose:
+            self.console.print(Text(f"    {text}", style="dim"))
+
+    def _download(self, event: Download) -> None:
+        if self.animated:
+            if self._live is not None:  # the bar replaces the step's spinner
+                self._live.stop()
+                self._live = None
+            if self._bar is None:
+                self._bar = rich_progress.Progress(
+                    rich_progress.TextColumn("{task.description}"),
+                    rich_progress.BarColumn(),
+                    rich_progress.DownloadColumn(binary_units=True),
+                    rich_progress.TransferSpeedColumn(),
+                    rich_progress.TimeRemainingColumn(),
+                    console=self.console,
+                    transient=True,
+                )
+                self._bar.start()
+                self._bar.add_task(f"Downloading {escape(event.name)}", total=event.total)
+            self._bar.update(self._bar.task_ids[0], completed=event.done, total=event.total)
+        elif event.total:
+            tenth = event.done * 10 // event.total
+            if tenth != self._tenth:
+                self._tenth = tenth
+                self.console.print(f"    {tenth * 10}% ({size(event.done)} of {size(event.total)})", highlight=False)
+
+    def __rich__(self) -> Spinner:
+        """What Live redraws four times a second: spinner, title, elapsed, last guest line."""
+        elapsed = time.monotonic() - self._started
+        detail = Text(f"\n    {self._last_line[:120]}", style="dim") if self._last_line else Text("")
+        self._spinner.update(text=Text.assemble(f"{self._title} ", (f"{elapsed:.0f} s", "dim"), detail))
+        return self._spinner
+
+    def table(self, wall: float) -> Table:
+        """Step times, their sum, and the run's wall time: the two should agree."""
+        rows = [(done.step, done.seconds, done.status) if isinstance(done, StepFinished) else (done.step, 0.0, "skipped")
+                for done in self.finished]  # fmt: skip
+        table = Table(title="Step times", show_footer=True)
+        table.add_column("step", footer="sum of steps\nwall time")
+        table.add_column("seconds", justify="right", footer=f"{sum(row[1] for row in rows):.1f}\n{wall:.1f}")
+        table.add_column("status")
+        for step, seconds, status in rows:
+            table.add_row(step, f"{seconds:.1f}", status)
+        return table

@@ -1,0 +1,97 @@
+"""One run, built once from the resolved config and handed to every step.
+
+The session holds the target, its state directory, the run id and every file the guest
+will need — the rendered templates and the password hash — as ``StagedFile`` records
+(guest path, content, mode, owner). ``stage()`` writes them into the target's state
+directory, which the guest sees over the share; the steps install them from there, so a
+guest step reads nothing from the host on its own and no value is typed twice.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from provisioner.config import Config
+from provisioner.render import rootfs_files
+
+STATE = ".provision-arch"  # the state directory, relative to the target
+STAGE = "stage"  # staged files, below the state directory
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file for the installed system: where it goes, what it holds, its mode and owner."""
+
+    guest_path: PurePosixPath  # absolute, in the installed system
+    content: str = field(repr=False)
+    mode: int = 0o644
+    owner: str = "root:root"
+    secret: bool = False  # removed as soon as it is used, and on every exit
+
+    @property
+    def stage_name(self) -> PurePosixPath:
+        """Its path below the stage directory: the guest path without the leading slash."""
+        return self.guest_path.relative_to("/")
+
+
+@dataclass(frozen=True)
+class Session:
+    cfg: Config
+    run_id: str
+    files: tuple[StagedFile, ...]  # rendered templates, installed by the configure step
+    root_password: StagedFile  # chpasswd -e input: "root:HASH"
+
+    @classmethod
+    def create(cls, cfg: Config) -> Session:
+        """Render everything once; nothing is written until ``stage()``."""
+        files = tuple(StagedFile(path, content) for path, content in sorted(rootfs_files(cfg).items()))
+        password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
+        return cls(cfg=cfg, run_id=secrets.token_hex(8), files=files, root_password=password)
+
+    @property
+    def target(self) -> Path:
+        return self.cfg.target
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.target / STATE
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.state_dir / STAGE
+
+    @property
+    def transcript(self) -> Path:
+        return self.cfg.log or self.state_dir / "console.log"
+
+    @property
+    def secrets(self) -> tuple[Path, ...]:
+        """Host paths of staged secrets: never left behind."""
+        return tuple(self.staged(f) for f in (*self.files, self.root_password) if f.secret)
+
+    def staged(self, file: StagedFile) -> Path:
+        return self.stage_dir / file.stage_name
+
+    def stage(self) -> None:
+        """Write the run id and every staged file into the target's state directory."""
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+        self.stage_dir.mkdir(parents=True)
+        (self.state_dir / "run-id").write_text(self.run_id + "\n", encoding="ascii")
+        for file in (*self.files, self.root_password):
+            path = self.staged(file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created with its final mode: a secret is never readable by others, not even briefly.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode & 0o600 if file.secret else 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(file.content)
+
+    def unstage(self) -> None:
+        """Remove what ``stage()`` wrote; the transcript stays."""
+        for secret in self.secrets:
+            secret.unlink(missing_ok=True)
+        (self.state_dir / "run-id").unlink(missing_ok=True)
+        shutil.rmtree(self.stage_dir, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Small builders shared by the test layers: archiso-like ISOs and password files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pycdlib
+
+UUID = "2026-11-01-10-20-30-00"
+
+
+def make_iso(
+    path: Path, label: str = "ARCH_202611", uuid: str | None = UUID, microcode: bool = False, kernel: bool = True
+) -> Path:
+    """A tiny ISO 9660 image laid out like archiso's (Rock Ridge names, /boot/UUID.uuid)."""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident=label)
+    for directory in ("/BOOT", "/ARCH", "/ARCH/BOOT", "/ARCH/BOOT/X86_64"):
+        iso.add_directory(directory, rr_name=directory.rsplit("/", 1)[1].lower())
+    files = {"/ARCH/BOOT/X86_64/INITRAMF.IMG;1": ("initramfs-linux.img", b"INITRAMFS")}
+    if kernel:
+        files["/ARCH/BOOT/X86_64/VMLINUZ.;1"] = ("vmlinuz-linux", b"KERNEL")
+    if uuid:
+        files["/BOOT/UUID.;1"] = (f"{uuid}.uuid", b"")
+    if microcode:
+        files["/ARCH/BOOT/INTELUC.IMG;1"] = ("intel-ucode.img", b"INTEL")
+        files["/ARCH/BOOT/AMDUC.IMG;1"] = ("amd-ucode.img", b"AMD")
+    for iso_path, (rr_name, data) in files.items():
+        iso.add_fp(io.BytesIO(data), len(data), iso_path, rr_name=rr_name)
+    iso.write(str(path))
+    iso.close()
+    return path
+
+
+def password_file(directory: Path, password: str = "secret", mode: int = 0o600) -> Path:
+    """A password file as a user writes it: the password, a newline."""
+    path = directory / "root-password.txt"
+    path.write_text(password + "\n")
+    path.chmod(mode)
+    return path
