@@ -1,21 +1,36 @@
-# provision-arch developer tasks. `make setup` once, then `make test`.
+# provision-arch developer tasks. `make test` and `make run` set up everything they need.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup deps run test test-fast lint standin bench clean
+.PHONY: setup deps test-deps run demo test test-fast lint standin bench clean
 
 TARGET ?= ./base
 ISO ?=
 # What provision-arch needs on a Debian host (QEMU with 9p, user namespaces, gpgv for the ISO).
 DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv
+# What the tests need on top: shells for the console tests; for the offline ISO stand-in
+# debootstrap, squashfs, xorriso, a kernel, busybox, pacman with pacstrap/arch-chroot/makepkg.
+TEST_PACKAGES := $(DEBIAN_PACKAGES) qemu-utils python3 python3-pip zsh bash git openssl gnupg \
+  fakeroot kmod debootstrap squashfs-tools xorriso linux-image-amd64 busybox-static cpio zstd \
+  pacman-package-manager arch-install-scripts makepkg archlinux-keyring libarchive-tools tzdata
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+# Install whichever of PACKAGES is missing (one apt-get call; nothing when all are there).
+define apt_install
+	@missing=$$(for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
+	  echo "installing:" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+endef
+
+deps:
+	$(call apt_install,$(DEBIAN_PACKAGES))
+
+test-deps:
+	$(call apt_install,$(TEST_PACKAGES))
 
 # Set up and build a box: make run [ISO=archlinux-x86_64.iso] [TARGET=./base]
 run: deps setup
@@ -29,13 +44,26 @@ $(BIN)/provision-arch: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Everything: unit, console (real local shells) and vm (real QEMU on the ISO stand-in).
-test: setup
+# Everything, on a fresh Debian 12 as root: installs the Debian packages, the venv, then runs
+# unit, orchestration (fake QEMU), console (real local shells) and vm (real QEMU on the stand-in).
+test: test-deps setup
 	$(BIN)/pytest -v
 
-# No VM: seconds.
+# No VM, no root: a minute.
 test-fast: setup
 	$(BIN)/pytest -m 'not vm'
+
+# See the tool work without internet: build the stand-in ISO, install a box from it into
+# ./demo-base with a generated root password (printed once), print the boot command.
+DEMO ?= ./demo-base
+demo: test-deps setup
+	@iso=$$($(BIN)/python -m tests.standin.build | tail -n 1) && \
+	pw=$$(mktemp) && trap 'rm -f "$$pw"' EXIT && \
+	$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))' > "$$pw" && \
+	echo "root password of $(DEMO) (shown once): $$(cat "$$pw")" && \
+	$(BIN)/provision-arch $(DEMO) --iso "$$iso" --password-file "$$pw" --packages "base linux mkinitcpio" \
+	  --accel auto $(if $(FORCE),--force) && \
+	echo "boot it with: $(BIN)/provision-arch boot $(DEMO)"
 
 lint: setup
 	$(BIN)/ruff check provisioner tests

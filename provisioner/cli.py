@@ -30,11 +30,11 @@ from provisioner import __version__, preflight
 from provisioner.config import Accel, OptionField, build, defaults_shown, load_file, merge, option_table, split_packages
 from provisioner.display import Display
 from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
-from provisioner.events import Bus, Error, Result, Started
+from provisioner.events import Bus, Checked, Error, Result, Started
 from provisioner.install import provision
 from provisioner.jsonlines import JsonLines
 from provisioner.password import check_hash, hash_password, read_password_file
-from provisioner.preflight import check_host
+from provisioner.preflight import Host, check_host, run_checks
 from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
 from provisioner.session import Session
 
@@ -188,7 +188,7 @@ def install(
         cfg = build({**values, "target": target})
         # The host first: nobody should type a password twice to learn QEMU is missing.
         with events.step("preflight", "Checking the host"):
-            check_host(cfg)
+            check_host(Host(target=cfg.target, force=cfg.force, iso=cfg.iso))
         asked = time.monotonic()
         cfg = dataclasses.replace(cfg, password_hash=resolve_password(password_file, password_hash))
         prompt_seconds = time.monotonic() - asked
@@ -229,6 +229,34 @@ def boot(
         print(shlex.join(argv))
         return
     raise typer.Exit(subprocess.call(argv))
+
+
+@app.command(epilog=EPILOG, context_settings=CONTEXT)
+def doctor(
+    target: Annotated[
+        Path | None, typer.Argument(metavar="[TARGET]", help="Also check this target directory (space, file system).")
+    ] = None,
+    *,
+    json: Annotated[bool, typer.Option("--json", help="Print each check as a JSON line on stdout.")] = False,
+) -> None:
+    """Check this host for provision-arch: one line per check, with the command that fixes a problem.
+
+    Exits 3 when something blocks an install, 0 otherwise (warnings such as a missing KVM do not block).
+    """
+    with reporting("doctor", target or Path("."), json=json, verbose=False) as events:
+        blocking: list[str] = []
+        host = Host(target=target, force=True, cache=cache_home())
+        for check, problems in run_checks(host, doctor=True):
+            if not problems:
+                events.emit(Checked(check.name, check.title, "ok"))
+            for problem in problems:
+                status = "fail" if problem.blocking else "warn"
+                events.emit(Checked(check.name, check.title, status, problem.message, problem.fix))
+                if problem.blocking:
+                    blocking.append(problem.fix)
+        if blocking:
+            raise HostError(f"{len(blocking)} problem(s) would stop an install", blocking[0])
+        events.emit(Result("ok", "this host can run provision-arch", 0.0, {}))
 
 
 def main() -> None:

@@ -241,6 +241,10 @@ def _from_file(row: OptionField, value: Any, base: Path) -> Any:
             if isinstance(item, bool) or not isinstance(item, int | float):
                 raise wrong("a number")
             return float(item)
+        if isinstance(kind, type) and issubclass(kind, StrEnum):
+            if item not in list(kind):
+                raise wrong("one of " + ", ".join(kind))
+            return kind(item)
         if not isinstance(item, str):
             raise wrong("a string")
         return item

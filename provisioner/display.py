@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provisioner.events import (
+    Checked,
     ConsoleLine,
     Download,
     Error,
@@ -67,6 +68,8 @@ class Display:
                 self._download(event)
             case Note(message=message):
                 self.console.print(f"[yellow]![/] {escape(message)}")
+            case Checked():
+                self._checked(event)
             case Error():
                 self._error(event)
             case Result():
@@ -90,6 +93,14 @@ class Display:
         else:
             mark = "[green]✓[/]" if event.status == "ok" else "[red]✗[/]"
             self.console.print(f"{mark} {escape(event.title)} [dim]({event.seconds:.1f} s)[/]")
+
+    def _checked(self, event: Checked) -> None:
+        """One line per check: ✓ what, or the problem and the command that fixes it."""
+        if event.status == "ok":
+            self.console.print(f"[green]✓[/] {escape(event.title)}")
+            return
+        mark = "[red]✗[/]" if event.status == "fail" else "[yellow]![/]"
+        self.console.print(f"{mark} {escape(event.title)}: {escape(event.message)} [bold]fix:[/] {escape(event.hint)}")
 
     def _error(self, event: Error) -> None:
         self._stop()

@@ -61,6 +61,18 @@ class StepSkipped(Event):
 
 
 @dataclass(frozen=True)
+class Checked(Event):
+    """One host check of ``doctor``: ``status`` is ``ok``, ``warn`` (the install goes on) or ``fail``."""
+
+    type: ClassVar[str] = "check"
+    step: str
+    title: str
+    status: str
+    message: str = ""
+    hint: str = ""
+
+
+@dataclass(frozen=True)
 class Note(Event):
     """Something the user should know that does not stop the run."""
 

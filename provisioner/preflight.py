@@ -1,27 +1,65 @@
-"""Host checks before anything starts: each problem comes with the command that fixes it."""
+"""Host checks: one list that both the install's preflight and ``provision-arch doctor`` run.
+
+Each check yields problems, each problem with the command that fixes it. A blocking
+problem stops an install (exit code 3); a warning is shown and the install goes on (e.g.
+KVM that hangs: the install falls back to TCG).
+"""
 
 from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.config import Config
+import pexpect
+
 from provisioner.errors import HostError
-from provisioner.qemu import QEMU
+from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
 from provisioner.run import NotFound, run
+
+KVM_PROBE = 20.0  # seconds for a KVM guest's kernel to speak; under working KVM it takes well under one
+MIN_FREE = 2 << 30  # an Arch base with a kernel takes about 1.5 GiB
+SYSCTL = Path("/proc/sys/kernel")
+MOUNTINFO = Path("/proc/self/mountinfo")
+# File systems without POSIX ownership and modes: a root file system cannot live there.
+NO_OWNERSHIP = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk", "hfsplus", "iso9660", "udf"})
 
 
 @dataclass(frozen=True)
 class Problem:
     message: str
     fix: str
+    blocking: bool = True
 
 
-Check = Callable[[], Iterator[Problem]]
+@dataclass(frozen=True)
+class Host:
+    """What the checks look at: the target (when there is one), the user, where /etc is."""
+
+    target: Path | None = None
+    force: bool = False
+    iso: Path | None = None
+    cache: Path | None = None  # provision-arch's cache (cached ISO kernels for the KVM probe)
+    user: str = field(default_factory=getpass.getuser)
+    etc: Path = Path("/etc")
+    root: bool = field(default_factory=lambda: os.geteuid() == 0)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    title: str
+    run: Callable[[Host], Iterator[Problem]]
+    applies: Callable[[Host], bool] = lambda host: True
+    doctor_only: bool = False  # slow or informative: not part of every install's preflight
+
+
+# -- the checks ----------------------------------------------------------------------------
 
 
 def check_qemu() -> Iterator[Problem]:
@@ -37,10 +75,7 @@ def check_qemu() -> Iterator[Problem]:
         yield Problem(f"{QEMU} has no virtio-9p support", "install a QEMU built with virtfs, e.g. Debian's qemu-system-x86")
 
 
-def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> Iterator[Problem]:
-    """Not root: QEMU runs under ``unshare --map-auto --map-root-user``; all its parts must work."""
-    user = user or getpass.getuser()
-    help_text = ""
+def check_unshare() -> Iterator[Problem]:
     try:
         help_text = run(["unshare", "--help"]).stdout
     except NotFound:
@@ -48,28 +83,19 @@ def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> I
         return
     if "--map-auto" not in help_text:
         yield Problem("unshare has no --map-auto (util-linux older than 2.38)", "upgrade util-linux to 2.38 or newer")
-        return
+
+
+def check_uidmap() -> Iterator[Problem]:
     for tool in ("newuidmap", "newgidmap"):
-        try:
-            run([tool])
-        except NotFound:
+        if shutil.which(tool) is None:
             yield Problem(f"{tool} is not installed", "sudo apt-get install uidmap  (Arch: pacman -S shadow)")
             return
-    uid = str(os.getuid())
-    for kind in ("subuid", "subgid"):
-        if not _has_range(etc / kind, user, uid):
-            yield Problem(
-                f"no {kind} range for user {user} in {etc / kind}",
-                f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}",
-            )
-            return
-    probe = run(["unshare", "--map-auto", "--map-root-user", "true"])
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["unknown error"])[-1]
-        yield Problem(
-            f"cannot create a user namespace: {reason}",
-            "sudo sysctl kernel.unprivileged_userns_clone=1  (Ubuntu 24.04+: kernel.apparmor_restrict_unprivileged_userns=0)",
-        )
+
+
+def check_range(kind: str, user: str, etc: Path) -> Iterator[Problem]:
+    if not _has_range(etc / kind, user, str(os.getuid())):
+        flag = "--add-subuids" if kind == "subuid" else "--add-subgids"
+        yield Problem(f"no {kind} range for user {user} in {etc / kind}", f"sudo usermod {flag} 100000-165535 {user}")
 
 
 def _has_range(path: Path, user: str, uid: str) -> bool:
@@ -82,6 +108,43 @@ def _has_range(path: Path, user: str, uid: str) -> bool:
         if len(fields) == 3 and fields[0] in (user, uid) and fields[2].isdigit() and int(fields[2]) > 1000:
             return True
     return False
+
+
+def check_userns_allowed(sysctl: Path | None = None) -> Iterator[Problem]:
+    """Create a user namespace for real; when that fails, name the kernel switch that forbids it."""
+    sysctl = sysctl or SYSCTL
+    try:
+        probe = run(["unshare", "--map-auto", "--map-root-user", "true"])
+    except NotFound:
+        return  # check_unshare says so
+    if probe.returncode == 0:
+        return
+    reason = (probe.stderr.strip().splitlines() or ["unknown error"])[-1]
+    if _sysctl(sysctl / "apparmor_restrict_unprivileged_userns") == "1":
+        fix = "sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0  (Ubuntu 24.04+; or an AppArmor profile for QEMU)"
+    elif _sysctl(sysctl / "unprivileged_userns_clone") == "0":
+        fix = "sudo sysctl kernel.unprivileged_userns_clone=1"
+    else:
+        fix = "check newuidmap/newgidmap (setuid root) and your subuid/subgid ranges"
+    yield Problem(f"cannot create a user namespace: {reason}", fix)
+
+
+def _sysctl(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> Iterator[Problem]:
+    """Not root: QEMU runs under ``unshare --map-auto --map-root-user``; all its parts, first problem only."""
+    user = user or getpass.getuser()
+    for part in (check_unshare, check_uidmap, lambda: check_range("subuid", user, etc),
+                 lambda: check_range("subgid", user, etc), check_userns_allowed):  # fmt: skip
+        found = list(part())
+        if found:
+            yield found[0]
+            return
 
 
 def check_target(target: Path, force: bool) -> Iterator[Problem]:
@@ -103,9 +166,60 @@ def check_target(target: Path, force: bool) -> Iterator[Problem]:
         yield Problem(f"cannot create {target}: {parent} is not writable", "choose a target under a directory you own")
 
 
+def check_target_filesystem(target: Path, root: bool, mountinfo: Path = MOUNTINFO) -> Iterator[Problem]:
+    """The installed system needs file ownership: refuse vfat and friends, and prove chown works.
+
+    A nosuid or nodev mount does not matter here: the guest kernel honours setuid bits it reads
+    over 9p whatever the host's mount flags, and the box's /dev is the guest's devtmpfs.
+    """
+    where = _existing_dir(target)
+    fstype, _ = mount_of(where, mountinfo)
+    fix = "choose a target on a Linux file system such as ext4, xfs or btrfs"
+    if fstype in NO_OWNERSHIP:
+        yield Problem(f"{where} is on {fstype}, which cannot keep file ownership and modes", fix)
+        return
+    if target.is_dir() and os.access(target, os.W_OK | os.X_OK):
+        # Probe inside the target only (nothing outside it is touched): guest root chowns files to
+        # other ids, as root directly, else inside the user namespace QEMU runs in.
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".provision-arch-probe-") as probe:
+            argv = ["chown", "1:1", probe.name]
+            result = run(argv if root else ["unshare", "--map-auto", "--map-root-user", *argv])
+        if result.returncode != 0:
+            yield Problem(f"{where} does not keep file ownership: {result.stderr.strip()}", fix)
+
+
+def mount_of(path: Path, mountinfo: Path = MOUNTINFO) -> tuple[str, set[str]]:
+    """The file system type and mount options of the mount that holds ``path``."""
+    best, found = "", ("", set[str]())
+    resolved = str(path.resolve())
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split()
+        point = fields[4].replace("\\040", " ")
+        sep = fields.index("-")
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, found = point, (fields[sep + 1], set(fields[5].split(",")))
+    return found
+
+
+def check_free_space(target: Path) -> Iterator[Problem]:
+    where = _existing_dir(target)
+    free = shutil.disk_usage(where).free
+    if free < MIN_FREE:
+        yield Problem(f"only {free / 2**30:.1f} GiB free at {where}; an install needs about 2 GiB", "free some space")
+
+
 def _existing_parent(path: Path) -> Path:
     path = path.absolute()
     while not path.exists():
+        path = path.parent
+    return path
+
+
+def _existing_dir(path: Path) -> Path:
+    """The target if it is a directory, else the nearest existing directory above it."""
+    path = path.absolute()
+    while not path.is_dir():
         path = path.parent
     return path
 
@@ -115,6 +229,53 @@ def check_iso(iso: Path) -> Iterator[Problem]:
         yield Problem(f"ISO {iso} does not exist", "download archlinux-x86_64.iso and pass it with --iso PATH")
     elif not os.access(iso, os.R_OK):
         yield Problem(f"ISO {iso} is not readable", f"chmod a+r {iso}")
+
+
+def check_gpgv() -> Iterator[Problem]:
+    if shutil.which("gpgv") is None:
+        yield Problem("gpgv is not installed: ISO signatures cannot be checked", "sudo apt-get install gpgv")
+
+
+def check_kvm(kernels: tuple[Path, ...] = ()) -> Iterator[Problem]:
+    """KVM is only a speed-up: its absence is a warning, the install uses TCG.
+
+    Where KVM looks usable, a guest is really started (bounded): the first kernel of
+    ``kernels`` that exists is booted under KVM and must print its banner.
+    """
+    if not os.path.exists("/dev/kvm"):
+        yield Problem("no /dev/kvm: installs run under TCG emulation (several times slower)", "enable KVM in the BIOS", False)
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        yield Problem(f"/dev/kvm is not usable by {getpass.getuser()}", f"sudo usermod -aG kvm {getpass.getuser()}", False)
+    elif not cpu_has_virtualisation():
+        yield Problem(
+            "/dev/kvm exists but the CPU offers no VT-x/AMD-V (a VM without nested virtualisation): KVM guests hang, TCG is used",
+            "enable nested virtualisation on the outer host, or accept TCG",
+            False,
+        )
+    elif (kernel := next((k for k in kernels if k.is_file() and os.access(k, os.R_OK)), None)) and not kvm_guest_speaks(kernel):
+        yield Problem(
+            f"a KVM guest ({kernel}) printed nothing in {KVM_PROBE:.0f} s: KVM hangs here, installs fall back to TCG",
+            "check the host's KVM (dmesg | grep -i kvm), or use --accel tcg",
+            False,
+        )
+
+
+def kvm_guest_speaks(kernel: Path) -> bool:
+    """Boot ``kernel`` under KVM on a serial console; True when it prints its banner in time."""
+    argv = [QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+            "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults"]  # fmt: skip
+    with Machine(argv, shutdown_grace=0) as machine:
+        child = machine.launch()
+        try:
+            child.expect("Linux version", timeout=KVM_PROBE)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            return False
+        return True
+
+
+def probe_kernels(cache: Path) -> tuple[Path, ...]:
+    """Kernels a KVM probe can boot: the ISO kernels provision-arch cached, then the host's own."""
+    return (*sorted(cache.glob("boot/*/vmlinuz-linux")), *sorted(Path("/boot").glob("vmlinuz-*"), reverse=True))
 
 
 def check_installed(target: Path) -> Iterator[Problem]:
@@ -129,26 +290,63 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def host_checks() -> list[Check]:
-    """The checks every QEMU start needs."""
-    checks: list[Check] = [check_qemu]
+def _unprivileged(host: Host) -> bool:
+    return not host.root
+
+
+def _has_target(host: Host) -> bool:
+    return host.target is not None
+
+
+def _target(host: Host) -> Path:
+    assert host.target is not None  # applies() said so
+    return host.target
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("qemu", "qemu-system-x86_64 with virtio-9p", lambda host: check_qemu()),
+    Check("unshare", "unshare with --map-auto", lambda host: check_unshare(), _unprivileged),
+    Check("uidmap", "newuidmap and newgidmap", lambda host: check_uidmap(), _unprivileged),
+    Check("subuid", "a subuid range", lambda host: check_range("subuid", host.user, host.etc), _unprivileged),
+    Check("subgid", "a subgid range", lambda host: check_range("subgid", host.user, host.etc), _unprivileged),
+    Check("userns", "unprivileged user namespaces", lambda host: check_userns_allowed(), _unprivileged),
+    Check("target", "the target directory", lambda host: check_target(_target(host), host.force), _has_target),
+    Check(
+        "target-fs",
+        "file ownership on the target's file system",
+        lambda host: check_target_filesystem(_target(host), host.root),
+        _has_target,
+    ),
+    Check("free-space", "free space at the target", lambda host: check_free_space(_target(host)), _has_target),
+    Check("iso", "the ISO file", lambda host: check_iso(host.iso) if host.iso else iter(()), lambda host: host.iso is not None),
+    Check("gpgv", "gpgv for ISO signatures", lambda host: check_gpgv()),
+    Check("kvm", "KVM acceleration", lambda host: check_kvm(probe_kernels(host.cache) if host.cache else ()), doctor_only=True),
+)
+
+
+def run_checks(host: Host, *, doctor: bool = False) -> Iterator[tuple[Check, list[Problem]]]:
+    """Each check that applies to this host, with what it found (an empty list: fine)."""
+    for check in CHECKS:
+        if check.applies(host) and (doctor or not check.doctor_only):
+                    yield check, list(check.run(host))
+
+
+def check_host(host: Host) -> None:
+    """The install's preflight: every blocking problem at once, the first one's fix as the hint."""
+    found = [problem for _, problems in run_checks(host) for problem in problems if problem.blocking]
+    if found:
+        first, *others = found
+        also = "".join(f"\nerror: {p.message}\n  hint: {p.fix}" for p in others)
+        raise HostError(first.message + also, first.fix)
+
+
+def host_checks() -> list[Callable[[], Iterator[Problem]]]:
+    """The checks every QEMU start needs (``provision-arch boot``)."""
+    checks: list[Callable[[], Iterator[Problem]]] = [check_qemu]
     if not is_root():
         checks.append(check_user_namespace)
     return checks
 
 
-def problems(checks: list[Check]) -> list[Problem]:
+def problems(checks: list[Callable[[], Iterator[Problem]]]) -> list[Problem]:
     return [problem for check in checks for problem in check()]
-
-
-def check_host(cfg: Config) -> None:
-    """Everything an install needs of the host; all problems at once, the first one's fix as the hint."""
-    checks = [*host_checks(), lambda: check_target(cfg.target, cfg.force)]
-    if cfg.iso is not None:
-        iso = cfg.iso
-        checks.append(lambda: check_iso(iso))
-    found = problems(checks)
-    if found:
-        first, *others = found
-        also = "".join(f"\nerror: {p.message}\n  hint: {p.fix}" for p in others)
-        raise HostError(first.message + also, first.fix)

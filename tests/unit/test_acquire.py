@@ -76,17 +76,6 @@ def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def log() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def events(log: list[Event]) -> Bus:
-    # A list sink: the tests read back what a display or the JSON stream would have received.
-    return Bus(log.append)
-
-
-@pytest.fixture
 def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache" / "iso"
 

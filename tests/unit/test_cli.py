@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.cli import app
-from provisioner.config import defaults_shown
+from provisioner.config import Accel, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
 from tests.helpers import password_file
 
@@ -69,9 +69,9 @@ def test_boot_of_a_directory_that_is_not_installed(tmp_path: Path) -> None:
     assert "hint:" in result.output
 
 
-def test_bad_hostname_is_a_usage_error(tmp_path: Path) -> None:
+def test_bad_hostname_is_a_usage_error(tmp_path: Path, pw_file: Path) -> None:
     result = runner.invoke(
-        app, [str(tmp_path / "b"), "--iso", "x.iso", "--password-file", str(password_file(tmp_path)), "--hostname", "a b"]
+        app, [str(tmp_path / "b"), "--iso", "x.iso", "--password-file", str(pw_file), "--hostname", "a b"]
     )
     assert result.exit_code == ExitCode.USAGE
     assert "invalid hostname 'a b'" in result.output
@@ -127,3 +127,36 @@ def test_no_iso_and_no_network_says_where_from_and_how_to_pass_one(tmp_path: Pat
     assert result.exit_code == ExitCode.ISO, result.output
     assert "could not fetch" in result.output and "127.0.0.1:9" in result.output
     assert "--iso PATH" in result.output
+
+
+def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind of key is taken from the file, the command line wins, and provision() gets the result."""
+    seen: list[Config] = []
+    monkeypatch.setattr("provisioner.cli.check_host", lambda cfg: None)
+    monkeypatch.setattr("provisioner.cli.provision", lambda session, events, cache: seen.append(session.cfg))
+    key = tmp_path / "extra.asc"
+    box = tmp_path / "box.toml"
+    box.write_text(
+        'hostname = "fromfile"\npackages = ["base", "linux vim"]\nmemory = 4096\naccel = "tcg"\n'
+        f'trusted_keys = ["{key.name}"]\nrefresh_keyring = false\ntimeout_scale = 2\npassword_file = "{pw_file.name}"\n'
+    )
+    result = runner.invoke(app, [str(tmp_path / "b"), "--config", str(box), "--iso", "x.iso", "--hostname", "fromcli"])
+    assert result.exit_code == 0, result.output
+    (cfg,) = seen
+    assert (cfg.hostname, cfg.packages, cfg.memory, cfg.accel) == ("fromcli", ("base", "linux", "vim"), 4096, Accel.TCG)
+    assert (cfg.trusted_keys, cfg.refresh_keyring, cfg.timeout_scale) == ((key,), False, 2.0)
+    assert cfg.password_hash.startswith("$6$")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [('memory = "lots"', "'memory' must be a whole number"), ("hostname = 3", "'hostname' must be a string"),
+     ("refresh_keyring = 1", "'refresh_keyring' must be true or false"), ("force = true", "unknown key(s)"),
+     ('accel = "hvf"', "'accel' must be one of auto, kvm, tcg")],
+)  # fmt: skip
+def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path: Path) -> None:
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    result = runner.invoke(app, [str(tmp_path / "b"), "--config", str(box)])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert message in result.output

@@ -88,13 +88,25 @@ def test_old_unshare_and_missing_uidmap(bindir: Path, tmp_path: Path) -> None:
     assert "newgidmap is not installed" in messages(found) and "uidmap" in found[0].fix
 
 
-def test_user_namespaces_disabled_by_the_kernel(bindir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("switch", "value", "fix"),
+    [("unprivileged_userns_clone", "0", "sysctl kernel.unprivileged_userns_clone=1"),
+     ("apparmor_restrict_unprivileged_userns", "1", "sysctl kernel.apparmor_restrict_unprivileged_userns=0"),
+     ("unprivileged_userns_clone", "1", "check newuidmap/newgidmap")],
+)  # fmt: skip
+def test_user_namespaces_disabled_by_the_kernel(
+    switch: str, value: str, fix: str, bindir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user_ns_env(bindir, tmp_path / "etc", probe_ok=False)
     for kind in ("subuid", "subgid"):
         (tmp_path / "etc" / kind).write_text("alice:100000:65536\n")
+    sysctl = tmp_path / "sysctl"
+    sysctl.mkdir()
+    (sysctl / switch).write_text(value + "\n")
+    monkeypatch.setattr(preflight, "SYSCTL", sysctl)
     found = list(preflight.check_user_namespace("alice", tmp_path / "etc"))
     assert "cannot create a user namespace: unshare: write failed" in messages(found)
-    assert "sysctl" in found[0].fix
+    assert fix in found[0].fix
 
 
 def test_target_checks(tmp_path: Path) -> None:
@@ -112,3 +124,50 @@ def test_target_checks(tmp_path: Path) -> None:
 def test_iso_and_installed_checks(tmp_path: Path) -> None:
     assert "does not exist" in messages(list(preflight.check_iso(tmp_path / "none.iso")))
     assert "not an installed system" in messages(list(preflight.check_installed(tmp_path)))
+
+
+def mountinfo(tmp_path: Path, fstype: str, options: str = "rw,relatime") -> Path:
+    path = tmp_path / "mountinfo"
+    path.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"40 22 8:17 / {tmp_path} {options} shared:2 - {fstype} /dev/sdb1 rw\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("fstype", ["vfat", "exfat", "ntfs3"])
+def test_a_target_on_a_file_system_without_ownership_is_refused(fstype: str, tmp_path: Path) -> None:
+    found = list(preflight.check_target_filesystem(tmp_path / "base", True, mountinfo(tmp_path, fstype)))
+    assert f"is on {fstype}, which cannot keep file ownership" in messages(found)
+    assert "ext4" in found[0].fix
+    assert list(tmp_path.iterdir()) == [tmp_path / "mountinfo"], "the check wrote outside the target"
+
+
+def test_a_target_on_ext4_passes_and_its_chown_probe_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "base"
+    target.mkdir()
+    assert list(preflight.check_target_filesystem(target, os.geteuid() == 0, mountinfo(tmp_path, "ext4"))) == []
+    assert list(target.iterdir()) == []
+
+
+def test_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(preflight.check_free_space(tmp_path / "base")) == []
+    monkeypatch.setattr(preflight, "MIN_FREE", 1 << 60)
+    assert "an install needs about 2 GiB" in messages(list(preflight.check_free_space(tmp_path / "base")))
+
+
+def test_kvm_probe_boots_a_kernel_and_reads_its_banner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the fake QEMU: a KVM guest that speaks passes, one that hangs is a warning (never blocking)."""
+    fake = Path(__file__).parents[1] / "fakeqemu/bin"
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
+    monkeypatch.setattr(preflight, "cpu_has_virtualisation", lambda: True)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)  # /dev/kvm: ours, whatever the host says
+    monkeypatch.setattr(os.path, "exists", lambda path: True)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    assert list(preflight.check_kvm((kernel,))) == []
+    monkeypatch.setenv("FAKE_QEMU_MODE", "kvm-hang")
+    monkeypatch.setattr(preflight, "KVM_PROBE", 1.0)
+    (found,) = preflight.check_kvm((kernel,))
+    assert not found.blocking and "KVM hangs here" in found.message
