@@ -23,6 +23,7 @@ from provisioner.qemu import Hardware, Machine, install_argv, resolve_accel, wra
 from provisioner.session import Session
 
 KVM_FIRST_WORDS = 30.0  # seconds for a KVM guest's kernel to print its banner
+BOOT_TIMEOUT = 900.0  # seconds from QEMU's start to `archiso login:` (TCG on a busy host is slow)
 BANNER = r"Linux version"
 
 
@@ -66,5 +67,5 @@ def live_console(session: Session, iso: Path, boot: BootFiles, transcript: Trans
     with machine or _machine(session, Accel.TCG, iso, boot, transcript) as running:
         # The KVM machine is already running; a new one is launched here, exactly once.
         con = Console(running.child if machine else running.launch(), scale=session.cfg.timeout_scale)
-        con.login()
+        con.login(BOOT_TIMEOUT)
         yield con

@@ -21,10 +21,12 @@ import pexpect
 from provisioner.errors import HostError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
 from provisioner.run import NotFound, run
+from provisioner.session import LOCK, STATE, busy, held_by_another
 
 KVM_PROBE = 20.0  # seconds for a KVM guest's kernel to speak; under working KVM it takes well under one
 MIN_FREE = 2 << 30  # an Arch base with a kernel takes about 1.5 GiB
 SYSCTL = Path("/proc/sys/kernel")
+ETC = Path("/etc")
 MOUNTINFO = Path("/proc/self/mountinfo")
 # File systems without POSIX ownership and modes: a root file system cannot live there.
 NO_OWNERSHIP = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk", "hfsplus", "iso9660", "udf"})
@@ -46,7 +48,7 @@ class Host:
     iso: Path | None = None
     cache: Path | None = None  # provision-arch's cache (cached ISO kernels for the KVM probe)
     user: str = field(default_factory=getpass.getuser)
-    etc: Path = Path("/etc")
+    etc: Path = field(default_factory=lambda: ETC)
     root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
 
@@ -148,6 +150,9 @@ def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> I
 
 
 def check_target(target: Path, force: bool) -> Iterator[Problem]:
+    if target.is_dir() and held_by_another(target):
+        yield Problem(*busy(target, target / STATE / LOCK))
+        return
     if target.exists() and not target.is_dir():
         yield Problem(f"{target} exists and is not a directory", "give a directory path as the target")
         return
@@ -166,7 +171,7 @@ def check_target(target: Path, force: bool) -> Iterator[Problem]:
         yield Problem(f"cannot create {target}: {parent} is not writable", "choose a target under a directory you own")
 
 
-def check_target_filesystem(target: Path, root: bool, mountinfo: Path = MOUNTINFO) -> Iterator[Problem]:
+def check_target_filesystem(target: Path, root: bool, mountinfo: Path | None = None) -> Iterator[Problem]:
     """The installed system needs file ownership: refuse vfat and friends, and prove chown works.
 
     A nosuid or nodev mount does not matter here: the guest kernel honours setuid bits it reads
@@ -188,8 +193,9 @@ def check_target_filesystem(target: Path, root: bool, mountinfo: Path = MOUNTINF
             yield Problem(f"{where} does not keep file ownership: {result.stderr.strip()}", fix)
 
 
-def mount_of(path: Path, mountinfo: Path = MOUNTINFO) -> tuple[str, set[str]]:
+def mount_of(path: Path, mountinfo: Path | None = None) -> tuple[str, set[str]]:
     """The file system type and mount options of the mount that holds ``path``."""
+    mountinfo = mountinfo or MOUNTINFO
     best, found = "", ("", set[str]())
     resolved = str(path.resolve())
     for line in mountinfo.read_text().splitlines():

@@ -9,17 +9,22 @@ guest step reads nothing from the host on its own and no value is typed twice.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from provisioner.config import Config
+from provisioner.errors import HostError
 from provisioner.render import rootfs_files
 
 STATE = ".provision-arch"  # the state directory, relative to the target
 STAGE = "stage"  # staged files, below the state directory
+LOCK = "lock"  # held while a run works on the target
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,10 @@ class Session:
 
     def stage(self) -> None:
         """Write the run id and every staged file into the target's state directory."""
-        shutil.rmtree(self.stage_dir, ignore_errors=True)
-        self.stage_dir.mkdir(parents=True)
+        state_directory(self.target)
+        for stale in (self.stage_dir, self.state_dir / "run-id"):
+            remove(stale)
+        self.stage_dir.mkdir()
         (self.state_dir / "run-id").write_text(self.run_id + "\n", encoding="ascii")
         for file in (*self.files, self.root_password):
             path = self.staged(file)
@@ -91,7 +98,63 @@ class Session:
 
     def unstage(self) -> None:
         """Remove what ``stage()`` wrote; the transcript stays."""
-        for secret in self.secrets:
+        for secret in (*self.secrets, self.state_dir / "root.chpasswd"):  # the latter: where 0.1 staged the hash
             secret.unlink(missing_ok=True)
-        (self.state_dir / "run-id").unlink(missing_ok=True)
-        shutil.rmtree(self.stage_dir, ignore_errors=True)
+        remove(self.state_dir / "run-id")
+        remove(self.stage_dir)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, link or directory tree of ours, whatever an older version or a hand left there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def state_directory(target: Path) -> Path:
+    """The target's state directory, created (with the target) when missing; a stray file in its place goes."""
+    state = target / STATE
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        state.unlink()
+    state.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+@contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold the target's lock for the run: a second provision-arch on the same target stops early.
+
+    flock(2) ends with the process, so a lock is never left behind, not even by SIGKILL.
+    """
+    lock = state_directory(target) / LOCK
+    with lock.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HostError(*busy(target, lock)) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def busy(target: Path, lock: Path) -> tuple[str, str]:
+    holder = lock.read_text().strip() if lock.is_file() else "?"
+    return (
+        f"another provision-arch (pid {holder}) is working on {target}",
+        f"wait for it to finish, or stop it (kill {holder}); its lock goes with it",
+    )
+
+
+def held_by_another(target: Path) -> bool:
+    """Whether a running provision-arch holds the target's lock (nothing is created to find out)."""
+    lock = target / STATE / LOCK
+    if not lock.is_file():
+        return False
+    with lock.open() as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
