@@ -188,7 +188,9 @@ def install(
         cfg = build({**values, "target": target})
         # The host first: nobody should type a password twice to learn QEMU is missing.
         with events.step("preflight", "Checking the host"):
-            check_host(Host(target=cfg.target, force=cfg.force, iso=cfg.iso))
+            warnings = check_host(Host(target=cfg.target, force=cfg.force, iso=cfg.iso))
+        for warning in warnings:
+            events.note(f"{warning.message} ({warning.fix})")
         asked = time.monotonic()
         cfg = dataclasses.replace(cfg, password_hash=resolve_password(password_file, password_hash))
         prompt_seconds = time.monotonic() - asked

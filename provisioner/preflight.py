@@ -212,7 +212,7 @@ def check_free_space(target: Path) -> Iterator[Problem]:
     where = _existing_dir(target)
     free = shutil.disk_usage(where).free
     if free < MIN_FREE:
-        yield Problem(f"only {free / 2**30:.1f} GiB free at {where}; an install needs about 2 GiB", "free some space")
+        yield Problem(f"only {free / 2**30:.1f} GiB free at {where}; an install needs about 2 GiB", "free some space", False)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -337,13 +337,15 @@ def run_checks(host: Host, *, doctor: bool = False) -> Iterator[tuple[Check, lis
                     yield check, list(check.run(host))
 
 
-def check_host(host: Host) -> None:
-    """The install's preflight: every blocking problem at once, the first one's fix as the hint."""
-    found = [problem for _, problems in run_checks(host) for problem in problems if problem.blocking]
+def check_host(host: Host) -> list[Problem]:
+    """The install's preflight: every blocking problem at once, the first one's fix as the hint; the warnings."""
+    problems = [problem for _, found in run_checks(host) for problem in found]
+    found = [problem for problem in problems if problem.blocking]
     if found:
         first, *others = found
         also = "".join(f"\nerror: {p.message}\n  hint: {p.fix}" for p in others)
         raise HostError(first.message + also, first.fix)
+    return problems
 
 
 def host_checks() -> list[Callable[[], Iterator[Problem]]]:

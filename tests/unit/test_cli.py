@@ -132,7 +132,7 @@ def test_no_iso_and_no_network_says_where_from_and_how_to_pass_one(tmp_path: Pat
 def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every kind of key is taken from the file, the command line wins, and provision() gets the result."""
     seen: list[Config] = []
-    monkeypatch.setattr("provisioner.cli.check_host", lambda cfg: None)
+    monkeypatch.setattr("provisioner.cli.check_host", lambda host: [])
     monkeypatch.setattr("provisioner.cli.provision", lambda session, events, cache: seen.append(session.cfg))
     key = tmp_path / "extra.asc"
     box = tmp_path / "box.toml"
