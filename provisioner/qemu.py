@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
 MOUNT_TAG = "fsRoot"
+CACHE_TAG = "pkgcache"  # the package cache, shared during the install
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -59,8 +60,7 @@ def _common(hw: Hardware, share: Path) -> list[str]:
         "-m", str(hw.memory),
         "-smp", str(hw.cpus),
         "-rtc", "base=utc",
-        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{MOUNT_TAG},path={qemu_value(share.resolve())}",
-        "-device", f"virtio-9p-pci,id={MOUNT_TAG},fsdev=fsdev-{MOUNT_TAG},mount_tag={MOUNT_TAG}",
+        *share_argv(MOUNT_TAG, share),
         "-netdev", "user,id=net0",
         "-device", "virtio-net-pci,netdev=net0",
         "-display", "none",
@@ -70,7 +70,17 @@ def _common(hw: Hardware, share: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def install_argv(hw: Hardware, iso: Path, boot: BootFiles, target: Path, mirror: str | None = None) -> list[str]:
+def share_argv(tag: str, path: Path) -> list[str]:
+    """A host directory shared over virtio-9p; guest ownership passes through (into the subuid range)."""
+    return [
+        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{tag},path={qemu_value(path.resolve())}",
+        "-device", f"virtio-9p-pci,id={tag},fsdev=fsdev-{tag},mount_tag={tag}",
+    ]  # fmt: skip
+
+
+def install_argv(
+    hw: Hardware, iso: Path, boot: BootFiles, target: Path, *, mirror: str | None = None, package_cache: Path | None = None
+) -> list[str]:
     """Boot the ISO's kernel directly with a serial console for the driver.
 
     No ``ip=dhcp`` (it switches archiso to PXE mode). Kernel messages stay on until the
@@ -87,8 +97,10 @@ def install_argv(hw: Hardware, iso: Path, boot: BootFiles, target: Path, mirror:
     ]
     if mirror:
         append.append(f"mirror={mirror}")
+    cache = [] if package_cache is None else share_argv(CACHE_TAG, package_cache)
     return [
         *_common(hw, target),
+        *cache,
         "-kernel", str(boot.kernel),
         "-initrd", str(boot.initrd),
         "-append", " ".join(append),

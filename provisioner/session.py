@@ -20,11 +20,12 @@ from pathlib import Path, PurePosixPath
 
 from provisioner.config import Config
 from provisioner.errors import HostError
-from provisioner.render import rootfs_files
+from provisioner.render import render, rootfs_files
 
 STATE = ".provision-arch"  # the state directory, relative to the target
 STAGE = "stage"  # staged files, below the state directory
 LOCK = "lock"  # held while a run works on the target
+SNAPSHOT_MIRRORLIST = "snapshot/mirrorlist.j2"
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,16 @@ class Session:
     run_id: str
     files: tuple[StagedFile, ...]  # rendered templates, installed by the configure step
     root_password: StagedFile  # chpasswd -e input: "root:HASH"
+    resuming: bool = False  # an earlier run on this target stopped part way
 
     @classmethod
-    def create(cls, cfg: Config) -> Session:
+    def create(cls, cfg: Config, resuming: bool = False) -> Session:
         """Render everything once; nothing is written until ``stage()``."""
         files = tuple(StagedFile(path, content) for path, content in sorted(rootfs_files(cfg).items()))
+        if cfg.snapshot:
+            files += (StagedFile(PurePosixPath("/etc/pacman.d/mirrorlist"), render(SNAPSHOT_MIRRORLIST, cfg)),)
         password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
-        return cls(cfg=cfg, run_id=secrets.token_hex(8), files=files, root_password=password)
+        return cls(cfg=cfg, run_id=secrets.token_hex(8), files=files, root_password=password, resuming=resuming)
 
     @property
     def target(self) -> Path:

@@ -25,7 +25,7 @@ from tests.orchestration.conftest import PASSWORD, Fake, Run
 
 HOST_STEPS = ["preflight", "read-iso", "stage", "boot"]
 GUEST_STEPS = [step.name for step in STEPS]
-ALL_STEPS = [*HOST_STEPS, *GUEST_STEPS, "poweroff"]
+ALL_STEPS = [*HOST_STEPS, *GUEST_STEPS, "poweroff", "manifest"]
 
 
 def shadow_hash(target: Path) -> str:

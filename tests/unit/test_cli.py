@@ -133,7 +133,7 @@ def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monke
     """Every kind of key is taken from the file, the command line wins, and provision() gets the result."""
     seen: list[Config] = []
     monkeypatch.setattr("provisioner.cli.check_host", lambda host: [])
-    monkeypatch.setattr("provisioner.cli.provision", lambda session, events, cache: seen.append(session.cfg))
+    monkeypatch.setattr("provisioner.cli.provision", lambda session, *rest: seen.append(session.cfg) or tmp_path)
     key = tmp_path / "extra.asc"
     box = tmp_path / "box.toml"
     box.write_text(

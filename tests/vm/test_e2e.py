@@ -166,7 +166,7 @@ def test_install_succeeds_with_one_qemu_and_every_step(installed: Installed) -> 
     assert installed.most_qemus == 1, f"{installed.most_qemus} QEMU processes ran at once"
     started = [e["step"] for e in installed.events if e["type"] == "step-started"]
     finished = {e["step"]: e["status"] for e in installed.events if e["type"] == "step-finished"}
-    assert started == ["preflight", "read-iso", "stage", "boot", *(step.name for step in STEPS), "poweroff"]
+    assert started == ["preflight", "read-iso", "stage", "boot", *(step.name for step in STEPS), "poweroff", "manifest"]
     assert set(finished.values()) == {"ok"} and set(finished) == set(started)
     result = installed.events[-1]
     assert result["type"] == "result" and result["paths"]["target"] == str(installed.base)
