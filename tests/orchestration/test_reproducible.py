@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from provisioner.errors import ExitCode
 from tests.helpers import password_file
 from tests.orchestration.conftest import PASSWORD, Fake
