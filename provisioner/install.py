@@ -15,17 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote as q
 
+from provisioner import stream
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
-from provisioner.config import Config, box_record
+from provisioner.config import Config, InstallVia, box_record
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError, ProvisionError, VerifyError
 from provisioner.events import Bus, ConsoleLine
 from provisioner.iso import read_boot_files
 from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
-from provisioner.qemu import CACHE_TAG, MOUNT_TAG, MSIZE
+from provisioner.preflight import is_root
+from provisioner.qemu import CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STREAM_PORT
 from provisioner.session import STAGE, STATE, Session, StagedFile, locked
 from provisioner.state import State, save
+from provisioner.stream import TAR_KEEP, Receiver, extract
 
 MNT = "/mnt"
 GUEST_STATE = f"{MNT}/{STATE}"  # the target's state directory as the guest sees it
@@ -35,6 +38,8 @@ GUEST_STAGE = f"{GUEST_STATE}/{STAGE}"
 INSTALL_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,posixacl,msize={MSIZE},cache=loose"
 CACHE_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,msize={MSIZE}"
 LIVE_CACHE = "/var/cache/pacman/pkg"
+SHARE = "/share"  # the stream install's mount of the share (the tree is built at /mnt)
+SCRATCH = f"/dev/disk/by-id/virtio-{SCRATCH_SERIAL}"
 SERVICES = ("systemd-networkd.service", "systemd-resolved.service")
 INITRAMFS = "/boot/initramfs-linux.img"
 # What an initramfs needs to mount the 9p root (modules.builtin names them when built in).
@@ -86,11 +91,22 @@ def wait_keyring(con: Console, session: Session, timeout: float) -> None:
 
 
 def mount_target(con: Console, session: Session, timeout: float) -> None:
-    con.check(
-        f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
-        timeout,
-        hint="the ISO's kernel could not mount the 9p share",
-    )
+    if session.stream is None:
+        con.check(
+            f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
+            timeout,
+            hint="the ISO's kernel could not mount the 9p share",
+        )
+    else:
+        # The tree is built on the scratch disk at /mnt; the share is at /share, and its state
+        # directory (the staged files) is bound into /mnt, where the steps look for it.
+        con.check(
+            f"mkdir -p {SHARE} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {SHARE} && "
+            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount {SCRATCH} {MNT} && "
+            f"mkdir -p {GUEST_STATE} && mount --bind {SHARE}/{STATE} {GUEST_STATE}",
+            timeout,
+            hint="the scratch disk or the 9p share did not mount; --install-via 9p does without the disk",
+        )
     if session.cfg.cache_packages:
         # The live system's own cache: the keyring refresh and `pacstrap -c` both fill it. No
         # `loose` here: two runs may share this cache, and only coherent caching is safe then.
@@ -202,8 +218,30 @@ def set_password(con: Console, session: Session, timeout: float) -> None:
     con.check(f"rm -f {q(path)}", timeout)
 
 
+def send_tree(con: Console, session: Session, timeout: float) -> str:
+    """Stream install: the tree goes to the host as one tar, checked by its sha256 before it is unpacked."""
+    archive = session.state_dir / "stream.tar"
+    assert session.stream is not None  # the step is enabled only then
+    with Receiver(session.stream.pipe.with_name(session.stream.pipe.name + ".out"), archive) as receiver:
+        # Busybox runs its own applets before PATH, so GNU tar by its path; the share's bind
+        # mount is no part of the tree.
+        keep = " ".join(q(flag) for flag in TAR_KEEP)
+        result = con.check(
+            f"umount {GUEST_STATE} && rmdir {GUEST_STATE} && (set -o pipefail; cd {MNT} && "
+            f"/usr/bin/tar -c {keep} --sparse --one-file-system -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            timeout,
+            hint="the guest could not pack the tree; see the transcript",
+        )
+        sha256 = result.split()[0] if result.split() else ""
+        size = receiver.wait_for(sha256, stream.SETTLE)
+    extract(archive, session.target, as_root=is_root())
+    archive.unlink()
+    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (sha256 {sha256[:12]}…) and was unpacked into {session.target}"
+
+
 def unmount(con: Console, session: Session, timeout: float) -> None:
-    con.check(f"sync && umount {MNT}", timeout, hint="something still uses the target; see the transcript")
+    mounts = MNT if session.stream is None else f"{MNT} {SHARE}"
+    con.check(f"sync && umount {mounts}", timeout, hint="something still uses the target; see the transcript")
 
 
 STEPS: list[Step] = [
@@ -220,6 +258,13 @@ STEPS: list[Step] = [
     Step("configure", "Configuring the system (arch-chroot)", configure, 600, resumable=True),
     Step("initramfs", "Building the initramfs (mkinitcpio -P)", build_initramfs, 1800, resumable=True),
     Step("password", "Setting the root password", set_password, 120, resumable=True),
+    Step(
+        "stream",
+        "Sending the tree to the host (one tar over a serial port)",
+        send_tree,
+        3600,
+        enabled=lambda cfg: cfg.install_via is InstallVia.STREAM,
+    ),
     Step("unmount", "Syncing and unmounting the target", unmount, 900),
 ]
 
@@ -304,7 +349,7 @@ def run_steps(con: Console, session: Session, events: Bus, transcript: Transcrip
             warning = step.action(con, session, step.timeout)
         if warning:
             events.note(warning)
-        if step.resumable:
+        if step.resumable and session.stream is None:  # a stream install's tree is on a disk gone with QEMU
             state.done.append(step.name)
             save(session.target, state)
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 QEMU = "qemu-system-x86_64"
 MOUNT_TAG = "fsRoot"
 CACHE_TAG = "pkgcache"  # the package cache, shared during the install
+SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virtio-pa-scratch in the guest
+STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -78,8 +80,34 @@ def share_argv(tag: str, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Stream:
+    """The stream install's devices: a scratch disk for the guest, a serial port to the host."""
+
+    scratch: Path  # a sparse raw image the guest formats
+    pipe: Path  # QEMU's chardev pipe: it writes what the guest sends to PIPE.out
+
+
+def stream_argv(stream: Stream) -> list[str]:
+    return [
+        # cache=unsafe: the scratch disk is thrown away; its flushes would only cost time.
+        "-drive", f"file={qemu_value(stream.scratch.resolve())},if=virtio,format=raw,cache=unsafe,discard=unmap,"
+                  f"serial={SCRATCH_SERIAL}",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"pipe,id=stream,path={qemu_value(stream.pipe.resolve())}",
+        "-device", f"virtserialport,chardev=stream,name={STREAM_PORT}",
+    ]  # fmt: skip
+
+
 def install_argv(
-    hw: Hardware, iso: Path, boot: BootFiles, target: Path, *, mirror: str | None = None, package_cache: Path | None = None
+    hw: Hardware,
+    iso: Path,
+    boot: BootFiles,
+    target: Path,
+    *,
+    mirror: str | None = None,
+    package_cache: Path | None = None,
+    stream: Stream | None = None,
 ) -> list[str]:
     """Boot the ISO's kernel directly with a serial console for the driver.
 
@@ -101,6 +129,7 @@ def install_argv(
     return [
         *_common(hw, target),
         *cache,
+        *([] if stream is None else stream_argv(stream)),
         "-kernel", str(boot.kernel),
         "-initrd", str(boot.initrd),
         "-append", " ".join(append),

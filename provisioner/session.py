@@ -18,14 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from provisioner.config import Config
+from provisioner.config import Config, InstallVia
 from provisioner.errors import HostError
+from provisioner.qemu import Stream
 from provisioner.render import render, rootfs_files
 
 STATE = ".provision-arch"  # the state directory, relative to the target
 STAGE = "stage"  # staged files, below the state directory
 LOCK = "lock"  # held while a run works on the target
 SNAPSHOT_MIRRORLIST = "snapshot/mirrorlist.j2"
+SCRATCH_SIZE = 64 << 30  # the stream install's sparse scratch disk: room for any package set
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,13 @@ class Session:
         return self.cfg.log or self.state_dir / "console.log"
 
     @property
+    def stream(self) -> Stream | None:
+        """The stream install's scratch disk and port pipe, in the state directory (None for 9p)."""
+        if self.cfg.install_via is not InstallVia.STREAM:
+            return None
+        return Stream(scratch=self.state_dir / "scratch.img", pipe=self.state_dir / "stream")
+
+    @property
     def secrets(self) -> tuple[Path, ...]:
         """Host paths of staged secrets: never left behind."""
         return tuple(self.staged(f) for f in (*self.files, self.root_password) if f.secret)
@@ -88,10 +97,15 @@ class Session:
     def stage(self) -> None:
         """Write the run id and every staged file into the target's state directory."""
         state_directory(self.target)
-        for stale in (self.stage_dir, self.state_dir / "run-id"):
-            remove(stale)
+        self.unstage()  # whatever an interrupted run or an older version left
         self.stage_dir.mkdir()
         (self.state_dir / "run-id").write_text(self.run_id + "\n", encoding="ascii")
+        if stream := self.stream:
+            # Sparse: the guest's file system takes only what it writes.
+            with stream.scratch.open("wb") as scratch:
+                scratch.truncate(SCRATCH_SIZE)
+            for end in (".in", ".out"):
+                os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
         for file in (*self.files, self.root_password):
             path = self.staged(file)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +116,11 @@ class Session:
 
     def unstage(self) -> None:
         """Remove what ``stage()`` wrote; the transcript stays."""
-        for secret in (*self.secrets, self.state_dir / "root.chpasswd"):  # the latter: where 0.1 staged the hash
-            secret.unlink(missing_ok=True)
+        remove(self.stage_dir)  # the staged secrets with it
+        self.state_dir.joinpath("root.chpasswd").unlink(missing_ok=True)  # where 0.1 staged the hash
         remove(self.state_dir / "run-id")
-        remove(self.stage_dir)
+        for name in ("scratch.img", "stream.in", "stream.out", "stream.tar"):
+            remove(self.state_dir / name)
 
 
 def remove(path: Path) -> None:

@@ -26,7 +26,7 @@ from provisioner.session import Session
 
 INERT = re.compile(r"[\w@%+=:,./-]*", re.ASCII)  # what shlex.quote returns unquoted
 HOSTILE = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
-    ["a;reboot", "$(id)", "`id`", "a b", "x'y", 'x"y', "a|b", "a&&b", "a\nb", "-rf", "../../etc", "a>b", "*", "~root", "#"]
+    ["a;reboot", "$(id)", "`id`", "a b", "x'y", 'x"y', "a|b", "a&&b", "a\nb", "a\n", "-rf", "../../etc", "a>b", "*", "~root", "#"]
 )
 
 
@@ -51,7 +51,8 @@ def typed(cfg: Config) -> list[str]:
     recorder = Recorder()
     session = Session.create(cfg)
     for step in STEPS:
-        step.action(recorder, session, step.timeout)  # type: ignore[arg-type]
+        if step.enabled(cfg):
+            step.action(recorder, session, step.timeout)  # type: ignore[arg-type]
     return recorder.commands
 
 
