@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ import urllib.parse
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, Any
 
 # QEMU's user-mode network (slirp) forwards the guest's connections to 10.0.2.2 to the
@@ -91,10 +92,40 @@ class _Server(ThreadingHTTPServer):
     # A fixed port given by hand should be reusable right after a restart.
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], root: pathlib.Path, record: Callable[[Request], None]) -> None:
+    def __init__(self, address: tuple[str, int], root: pathlib.Path, log: _AccessLog) -> None:
         self.root = root
-        self.record = record
+        self.log = log
         super().__init__(address, _Handler)
+
+
+class _AccessLog:
+    """The records, and how many requests are being answered right now.
+
+    A client has the whole body before the handler thread gets to write the record, so a
+    reader waits (briefly) for the requests in flight: a test that just got its answer
+    then always finds it in the log."""
+
+    def __init__(self, sink: Callable[[Request], None]) -> None:
+        self._sink = sink
+        self._done = threading.Condition()
+        self._records: list[Request] = []
+        self._in_flight = 0
+
+    def begin(self) -> None:
+        with self._done:
+            self._in_flight += 1
+
+    def end(self, request: Request) -> None:
+        with self._done:
+            self._in_flight -= 1
+            self._records.append(request)
+            self._sink(request)
+            self._done.notify_all()
+
+    def snapshot(self, wait: float) -> list[Request]:
+        with self._done:
+            self._done.wait_for(lambda: self._in_flight == 0, timeout=wait)
+            return list(self._records)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,6 +141,24 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self._status = 0
         self._sent = 0
+        self._begun = False
+
+    def handle_one_request(self) -> None:
+        # One record per request line read, however the answer ended (sent, refused, the
+        # client gone mid-body): begun in parse_request, written here.
+        self._begun = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._begun:
+                self._finish()
+
+    def parse_request(self) -> bool:
+        self._begun = True
+        self._status = 0
+        self._sent = 0
+        self.server.log.begin()
+        return super().parse_request()
 
     # -- logging: one record per response, built from what was really sent ------------
 
@@ -119,15 +168,16 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_response(code, message)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # recorded in _finish with the body size, once the body is out
+        pass  # recorded in _finish with the body size, once the answer is out
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the access log is the record; http.server's stderr lines would only be noise
 
     def _finish(self) -> None:
+        self._begun = False
         # After a malformed request line there is no command, path or headers.
         headers = getattr(self, "headers", None)
-        self.server.record(
+        self.server.log.end(
             Request(
                 method=self.command or "-",
                 path=getattr(self, "path", "") or "-",
@@ -158,12 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
             # The client hung up mid-body (curl gave up, or resumes later): the log keeps
             # the bytes that did go out.
             self.close_connection = True
-        finally:
-            self._finish()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # A short plain-text page. http.server calls this too, for a bad request line (400)
-        # or a method without a do_ handler (501): those never reach do_GET's _finish.
+        # A short plain-text page; http.server calls this too, for a bad request line (400)
+        # or a method without a do_ handler (501).
         status = HTTPStatus(code)
         page = f"{status.value} {message or status.phrase}\n".encode()
         self.send_response(code, message)
@@ -176,8 +224,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self._write(page)
-        if self.command not in ("GET", "HEAD"):
-            self._finish()
 
     # -- the file system ------------------------------------------------------------------
 
@@ -271,12 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Unsatisfiable
             return max(0, size - int(match[2])), size - 1
         first = int(match[1])
-        last = int(match[2]) if match[2] else size - 1
-        if last < first:
-            return None
+        if match[2] and int(match[2]) < first:
+            return None  # invalid, so ignored
         if first >= size:
             raise _Unsatisfiable
-        return first, min(last, size - 1)
+        return first, min(int(match[2]) if match[2] else size - 1, size - 1)
 
     def _serve_directory(self, path: pathlib.Path, *, body: bool) -> None:
         raw = urllib.parse.urlsplit(self.path).path
@@ -324,9 +369,8 @@ class Mirror:
         self.bind = bind
         self.log = log
         self.echo = echo
-        self._lock = threading.Lock()
-        self._requests: list[Request] = []
-        self._server = _Server((bind, port), self.root, self._record)
+        self._log = _AccessLog(self._write_out)
+        self._server = _Server((bind, port), self.root, self._log)
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
@@ -340,28 +384,30 @@ class Mirror:
         """The root URL as a QEMU guest on user-mode networking reaches it (loopback only)."""
         return f"http://{GUEST_HOST}:{self.port}"
 
-    def requests(self) -> list[Request]:
-        """A copy of the access log so far, in the order the responses finished."""
-        with self._lock:
-            return list(self._requests)
+    def requests(self, wait: float = 5.0) -> list[Request]:
+        """A copy of the access log, in the order the answers finished. Requests being
+        answered at the moment are waited for, up to ``wait`` seconds."""
+        return self._log.snapshot(wait)
 
-    def _record(self, request: Request) -> None:
-        with self._lock:
-            self._requests.append(request)
-            if self.log is not None:
-                with self.log.open("a", encoding="utf-8") as f:
-                    f.write(request.to_json() + "\n")
-            if self.echo is not None:
-                moment = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(request.time))
-                print(
-                    f'{request.client} - - [{moment}] "{request.method} {request.path}" {request.status} {request.bytes}',
-                    file=self.echo,
-                    flush=True,
-                )
+    def _write_out(self, request: Request) -> None:
+        # Called with the access log's lock held: lines never interleave.
+        if self.log is not None:
+            with self.log.open("a", encoding="utf-8") as f:
+                f.write(request.to_json() + "\n")
+        if self.echo is not None:
+            moment = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(request.time))
+            print(
+                f'{request.client} - - [{moment}] "{request.method} {request.path}" {request.status} {request.bytes}',
+                file=self.echo,
+                flush=True,
+            )
 
     def start(self) -> Mirror:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name=f"mirror:{self.port}", daemon=True)
+            # A short poll interval: stop() (shutdown) waits for at most one of them.
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"mirror:{self.port}", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -379,6 +425,10 @@ class Mirror:
         self.stop()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m tests.standin.mirror", description=__doc__.splitlines()[0] if __doc__ else None
@@ -393,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"mirror: error: {exc}", file=sys.stderr)
         return 1
+    # SIGTERM stops it as Ctrl-C does: the server closes and the log is complete.
+    signal.signal(signal.SIGTERM, _interrupt)
     with mirror:
         print(f"serving {mirror.root} at {mirror.url} (from a QEMU guest: {mirror.guest_url}); Ctrl-C stops", file=sys.stderr)
         print(mirror.url, flush=True)
