@@ -186,3 +186,14 @@ def test_pacman_resumes_a_partial_download_with_range(archive: pathlib.Path, tmp
         (request,) = (r for r in m.requests()[before:] if r.path.endswith(name))
     assert (request.status, request.range, request.bytes) == (206, "bytes=100000-", len(data) - 100_000)
     assert (tmp_path / "cache" / name).read_bytes() == data
+
+
+@pytest.mark.usefixtures("host_pacman")
+def test_pacman_on_the_plain_mirror_gets_the_newest_day(archive: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with Mirror(archive) as m:
+        conf = pacman_conf(tmp_path, m.url)
+        pacman(conf, "-Sy")
+        assert f"{CHANGED} {NEWEST.version}" in pacman(conf, "-Sl", "extra")
+        pacman(conf, "-Sw", CHANGED)
+        got = [(r.path, r.status) for r in m.requests()]
+    assert (f"/extra/os/{repo.ARCH}/{CHANGED}-{NEWEST.version}-{repo.ARCH}.pkg.tar.zst", 200) in got
