@@ -157,6 +157,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._begun = True
         self._status = 0
         self._sent = 0
+        # A keep-alive connection's previous request must not show in this one's record
+        # when this request line turns out malformed.
+        self.path = ""
+        if hasattr(self, "headers"):
+            del self.headers
         self.server.log.begin()
         return super().parse_request()
 
