@@ -38,6 +38,7 @@ from provisioner.preflight import Host, check_host, run_checks
 from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
 from provisioner.session import Session
 
+FILE_ONLY = [row.name for row in option_table() if not row.option.in_cli]
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODES.items())
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -143,6 +144,7 @@ def _with_options(command: Callable[..., None]) -> Callable[..., None]:
         inspect.Parameter(row.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation=Annotated[_cli_type(row), _cli_option(row, shown)])
         for row, shown in defaults_shown()
+        if row.option.in_cli
     ]  # fmt: skip
     signature = inspect.Signature([*own, *generated])
     command.__signature__ = signature  # type: ignore[attr-defined]
@@ -169,7 +171,11 @@ def install(
     *,
     config: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="TOML file with any of the options below, by config key (the command line wins)."),
+        typer.Option(
+            metavar="FILE",
+            help="TOML file with any of the options below, by config key (the command line wins), and the keys only a file "
+            f"can hold: {', '.join(FILE_ONLY)}.",
+        ),
     ] = None,
     json: Annotated[
         bool, typer.Option("--json", help="Print events as JSON lines on stdout (see README); human text stays on stderr.")
