@@ -219,7 +219,7 @@ class Config:
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> None:
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):  # not match(): its $ also matches before a trailing newline
         raise UsageError(f"invalid {what} {value!r}", hint)
 
 

@@ -59,7 +59,7 @@ class User:
             raise validate.refuse(f"{self.key}.groups", f"a group is listed twice in {list(self.groups)}", "list each once")
         if self.shell is not None:
             validate.guest_path(str(self.shell), f"{self.key}.shell")
-        if self.password_hash and not HASH_RE.match(self.password_hash):
+        if self.password_hash and not HASH_RE.fullmatch(self.password_hash):
             # Not echoed: it is a secret, if a malformed one.
             raise validate.refuse(
                 f"{self.key}.password_hash", "is not a crypt hash", "make one with: openssl passwd -6 (or leave it out: locked)"
@@ -96,19 +96,30 @@ def sudoers(user: User) -> str:
 def check_key_line(line: Any, key: str) -> str:
     """One authorized_keys line: a known key type with a blob that decodes to that type."""
     text = validate.string(line, key, "an SSH public key line")
-    match = KEY_LINE_RE.match(text.strip())
+    match = KEY_LINE_RE.fullmatch(text.strip())
     if validate.CONTROL_RE.search(text.replace("\t", " ")) or not match:
         hint = "a line of a .pub file, e.g. 'ssh-ed25519 AAAA… me@host'"
         raise validate.refuse(key, f"not an SSH public key line: {text[:50]!r}", hint)
     try:
-        blob = base64.b64decode(match["blob"], validate=True)
+        fields = key_fields(base64.b64decode(match["blob"], validate=True))
     except (binascii.Error, ValueError):
-        blob = b""
-    length = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + length].decode("ascii", "replace") != match["type"]:
+        fields = []
+    if len(fields) < 2 or fields[0].decode("ascii", "replace") != match["type"]:
         hint = "copy the whole line of the .pub file"
-        raise validate.refuse(key, f"the key data does not match its type {match['type']!r}", hint)
+        raise validate.refuse(key, f"the key data is not a {match['type']} key", hint)
     return text.strip()
+
+
+def key_fields(blob: bytes) -> list[bytes]:
+    """The length-prefixed fields of an SSH public key blob (RFC 4253 6.6); ValueError if they do not add up."""
+    fields = []
+    while blob:
+        length = int.from_bytes(blob[:4], "big")
+        if len(blob) < 4 + length or length == 0:
+            raise ValueError("truncated key blob")
+        fields.append(blob[4 : 4 + length])
+        blob = blob[4 + length :]
+    return fields
 
 
 def read_key_file(path: Path, key: str) -> tuple[str, ...]:
@@ -147,7 +158,7 @@ def parse_user(table: Any, base: Path, key: str) -> User:
         name=validate.string(table["name"], f"{key}.name", "a user name"),
         groups=tuple(strings(table, "groups", key)),
         sudo=sudo,
-        shell=PurePosixPath(validate.string(shell, f"{key}.shell", "an absolute path")) if shell is not None else None,
+        shell=validate.guest_path(shell, f"{key}.shell") if shell is not None else None,
         password_hash=validate.string(table.get("password_hash", ""), f"{key}.password_hash", "a crypt hash"),
         authorized_keys=tuple(keys),
         key=key,

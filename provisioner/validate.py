@@ -50,7 +50,7 @@ def string(value: Any, key: str, what: str) -> str:
 def account(value: Any, key: str, what: str = "user name") -> str:
     """A user or group name by the Linux rule: a-z, 0-9, '_' and '-', at most 32, no leading digit or '-'."""
     name = string(value, key, f"a {what}")
-    if not ACCOUNT_RE.match(name):
+    if not ACCOUNT_RE.fullmatch(name):
         raise refuse(key, f"invalid {what} {name!r}", "lower-case letters, digits, '_' and '-', starting with a letter or '_'")
     return name
 
@@ -113,7 +113,7 @@ def owner(value: Any, key: str) -> str:
     """``user`` or ``user:group``, by name or number."""
     text = string(value, key, "an owner (user or user:group)")
     parts = text.split(":")
-    if len(parts) > 2 or not all(OWNER_PART_RE.match(part) for part in parts):
+    if len(parts) > 2 or not all(OWNER_PART_RE.fullmatch(part) for part in parts):
         raise refuse(key, f"invalid owner {text!r}", "a user name, or user:group, e.g. 'dev' or 'root:wheel'")
     return text
 
@@ -121,7 +121,7 @@ def owner(value: Any, key: str) -> str:
 def unit(value: Any, key: str) -> str:
     """A systemd unit name; without a suffix systemctl takes it as a .service."""
     name = string(value, key, "a unit name")
-    if not UNIT_RE.match(name) or ".." in name:
+    if not UNIT_RE.fullmatch(name) or ".." in name:
         raise refuse(key, f"invalid unit name {name!r}", "a systemd unit such as 'sshd' or 'sshd.service' (no '\\' escapes)")
     return name
 

@@ -1,7 +1,9 @@
-"""Small builders shared by the test layers: archiso-like ISOs and password files."""
+"""Small builders shared by the test layers: archiso-like ISOs, password files, SSH public keys."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 from pathlib import Path
 
@@ -39,3 +41,11 @@ def password_file(directory: Path, password: str = "secret", mode: int = 0o600) 
     path.write_text(password + "\n")
     path.chmod(mode)
     return path
+
+
+def ssh_public_key(comment: str = "dev@laptop") -> str:
+    """An authorized_keys line of the ed25519 form (type, 32 key bytes derived from the comment)."""
+    kind = b"ssh-ed25519"
+    key = hashlib.sha256(comment.encode()).digest()
+    blob = len(kind).to_bytes(4, "big") + kind + len(key).to_bytes(4, "big") + key
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
