@@ -1,7 +1,8 @@
 """The command line: parse, resolve a Config, call one function, report.
 
-``provision-arch ./base`` installs (the ``install`` command is the default), and
-``provision-arch boot ./base`` boots the result. The install options are not written
+``provision-arch ./base`` installs (the ``install`` command is the default),
+``provision-arch boot ./base`` boots the result, and ``provision-arch run ./base -- CMD``
+runs one command in it and exits with its status. The install options are not written
 here: they are generated from the option table, ``Config``'s fields (``config.py``).
 A ProvisionError becomes an error event: one line, a hint line, the documented exit code.
 """
@@ -40,15 +41,17 @@ from provisioner.config import (
 )
 from provisioner.display import Display
 from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
-from provisioner.events import Bus, Checked, Error, Result, Started
+from provisioner.events import Bus, Checked, Error, Event, Output, Result, RunResult, Started
 from provisioner.install import provision
 from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
-from provisioner.session import Session
+from provisioner.qemu import Hardware, boot_argv, parse_forward, resolve_accel, wrap
+from provisioner.runbox import TRANSCRIPT, RunRequest, run_in_box
+from provisioner.session import STATE, Session
 
+FILE_ONLY = [row.name for row in option_table() if not row.option.in_cli]
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODES.items())
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -95,6 +98,16 @@ def main_callback(
     ] = False,
 ) -> None:
     """Build an Arch Linux root in a host directory from the Arch ISO and boot it under QEMU over 9p."""
+
+
+# Options of the commands that boot an installed box (boot, run).
+Memory = Annotated[int, typer.Option(metavar="MIB", help="Guest memory in MiB.")]
+Cpus = Annotated[int, typer.Option(metavar="N", help="Guest CPUs.")]
+AccelOption = Annotated[Accel, typer.Option(help="auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.")]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print events as JSON lines on stdout (see README); human text stays on stderr.")
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")]
 
 
 @contextmanager
@@ -154,6 +167,7 @@ def _with_options(command: Callable[..., None]) -> Callable[..., None]:
         inspect.Parameter(row.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation=Annotated[_cli_type(row), _cli_option(row, shown)])
         for row, shown in defaults_shown()
+        if row.option.in_cli
     ]  # fmt: skip
     signature = inspect.Signature([*own, *generated])
     command.__signature__ = signature  # type: ignore[attr-defined]
@@ -192,18 +206,18 @@ def install(
     *,
     config: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="TOML file with any of the options below, by config key (the command line wins)."),
+        typer.Option(
+            metavar="FILE",
+            help="TOML file with any of the options below, by config key (the command line wins), and the keys only a file "
+            f"can hold: {', '.join(FILE_ONLY)}.",
+        ),
     ] = None,
     from_manifest: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="Rebuild the box a manifest.json describes: same ISO, snapshot, options, versions."),
     ] = None,
-    json: Annotated[
-        bool, typer.Option("--json", help="Print events as JSON lines on stdout (see README); human text stays on stderr.")
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")
-    ] = False,
+    json: Json = False,
+    verbose: Verbose = False,
     **options: Any,
 ) -> None:
     """Install Arch Linux into TARGET: boot the ISO in QEMU, pacstrap over 9p, configure, power off."""
@@ -254,22 +268,78 @@ def boot(
     target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch.")],
     *,
     print_only: Annotated[bool, typer.Option("--print", help="Print the QEMU command line instead of running it.")] = False,
-    memory: Annotated[int, typer.Option(metavar="MIB", help="Guest memory in MiB.")] = 2048,
-    cpus: Annotated[int, typer.Option(metavar="N", help="Guest CPUs.")] = 2,
-    accel: Annotated[Accel, typer.Option(help="auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.")] = Accel.AUTO,
+    ssh_port: Annotated[
+        str | None,
+        typer.Option(
+            metavar="[ADDRESS:]PORT",
+            help="Forward this host port to the box's SSH port 22, on 127.0.0.1 unless an address is given "
+            "(0.0.0.0:2222 listens on every interface).",
+        ),
+    ] = None,
+    memory: Memory = 2048,
+    cpus: Cpus = 2,
+    accel: AccelOption = Accel.AUTO,
 ) -> None:
     """Boot TARGET with its 9p root; the serial console is this terminal (Ctrl-A X quits QEMU)."""
     with reporting("boot", target, json=False, verbose=False):
-        if missing := preflight.problems([lambda: preflight.check_installed(target)]):
-            raise UsageError(missing[0].message, missing[0].fix)
-        if not print_only and (host := preflight.problems(preflight.host_checks())):
-            raise HostError(host[0].message, host[0].fix)
+        forwards = [parse_forward(ssh_port)] if ssh_port else []
+        preflight.check_box(target, start=not print_only)
         hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel))
-        argv = wrap(boot_argv(hw, target), as_root=preflight.is_root())
+        argv = wrap(boot_argv(hw, target, forwards), as_root=preflight.is_root())
     if print_only:
         print(shlex.join(argv))
         return
     raise typer.Exit(subprocess.call(argv))
+
+
+RUN_EPILOG = (
+    "Exit status: the command's own (0-255) once it ran; before that, provision-arch's: "
+    "2 bad command line, no such user, or a box without systemd; 3 host not ready; 5 the box did not boot, "
+    "or ended before the command did; 7 no start in time, or the command outlived --timeout; 130 interrupted. "
+    "With --json the last event tells them apart: result (with exit_status) or error."
+)
+
+
+@app.command(epilog=RUN_EPILOG, context_settings=CONTEXT)
+def run(
+    target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch (its init must be systemd).")],
+    command: Annotated[list[str], typer.Argument(metavar="COMMAND", help="The command and its arguments, after --.")],
+    *,
+    user: Annotated[str, typer.Option(metavar="NAME", help="Run as this user of the box.")] = "root",
+    timeout: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Stop the box if the command runs longer (exit 7).")
+    ] = None,
+    memory: Memory = 2048,
+    cpus: Cpus = 2,
+    accel: AccelOption = Accel.AUTO,
+    json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Boot TARGET headless, run COMMAND as --user, stream its output, power off, exit with its status.
+
+    The command runs as a systemd unit from the kernel command line (systemd.run=): no SSH,
+    no network and no password are needed. Its stdout and stderr come on stdout, mixed as
+    the box's console carries them (with --json: as output events).
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    with reporting("run", target, json=json, verbose=verbose) as events:
+        if not json:
+            events.sinks.append(_print_output)
+        request = RunRequest(target, tuple(command), user, memory, cpus, accel, timeout)
+        status = run_in_box(request, events)
+        transcript = target / STATE / TRANSCRIPT
+        paths = {"target": str(target), "transcript": str(transcript)}
+        message = f"{shlex.join(command)} exited with status {status} in {target}"
+        events.emit(RunResult("ok", message, round(time.monotonic() - started, 3), paths, status))
+    raise typer.Exit(status)
+
+
+def _print_output(event: Event) -> None:
+    """The command's output on stdout, as it comes (without --json)."""
+    if isinstance(event, Output):
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
 
 
 @app.command(epilog=EPILOG, context_settings=CONTEXT)

@@ -6,9 +6,14 @@
 from, or checked against, these fields. An option is written once.
 
 Every user value that later reaches a guest shell (hostname, locale, timezone, keymap,
-package names, mirror URL) is checked here, once, against a strict pattern. The guest
-commands still quote everything with ``shlex.quote``: validation keeps nonsense out and
-makes errors early and clear, quoting keeps the shell safe.
+package names, mirror URL) is checked here, once, against a strict pattern; the dev box's
+structured keys (users, files, services, commands) are checked by ``users``, ``files`` and
+``validate``, called from here. The guest commands still quote everything with
+``shlex.quote``: validation keeps nonsense out and makes errors early and clear, quoting
+keeps the shell safe.
+
+Some keys are tables only a config file can hold (``[[users]]``, ``[[files]]``): their
+``Option`` says ``in_cli=False`` and names the ``parse`` function that reads them.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from provisioner import validate
 from provisioner.errors import UsageError
+from provisioner.files import CopiedFile, parse_files
+from provisioner.users import User, check_users, parse_users
 
 DEFAULT_PACKAGES = ("base", "base-devel", "linux", "vim", "man-db", "man-pages")
 
@@ -61,9 +69,12 @@ class Option:
     metavar: str | None = None
     envvar: str | None = None
     in_file: bool = True  # a config-file key (the field name)
+    in_cli: bool = True  # a command-line flag; False for tables only a config file can hold
     split: bool = False  # list values may also be given as "a b,c"
     in_manifest: bool = False  # defines the box: recorded in the manifest, compared on resume
     default_text: str = ""  # what the default means, where the value alone would not say
+    # Reads a structured config-file value: (TOML value, config file's directory, key) -> field value.
+    parse: Callable[[Any, Path, str], Any] | None = None
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
@@ -98,6 +109,30 @@ class Config:
     timezone: str = option("UTC", "Zoneinfo name, e.g. Europe/Berlin.", metavar="ZONE", in_manifest=True)
     locale: str = option("en_US.UTF-8", "Locale with charset, e.g. de_DE.UTF-8.", metavar="LOCALE", in_manifest=True)
     keymap: str = option("us", "Console keymap for vconsole.conf.", metavar="KEYMAP", in_manifest=True)
+    services: tuple[str, ...] = option(
+        (),
+        "systemd unit to enable in the installed system (repeatable), e.g. sshd.",
+        flags=("--enable-service",),
+        metavar="NAME",
+        in_manifest=True,
+    )
+    users: tuple[User, ...] = option(
+        (),
+        "Users to create: [[users]] tables with name, groups, sudo, shell, password_hash, authorized_keys, "
+        "authorized_keys_files (README 'A dev box').",
+        in_cli=False,
+        parse=parse_users,
+    )
+    files: tuple[CopiedFile, ...] = option(
+        (), "Host files to copy in: [[files]] tables with source, path, mode, owner.", in_cli=False, parse=parse_files
+    )
+    commands: tuple[str, ...] = option(
+        (), "Shell commands run in the chroot after everything else, in order, each its own step.", in_cli=False,
+        in_manifest=True,
+    )
+    pacman_sandbox: bool = option(
+        False, "Keep pacman 7's download sandbox on in the installed system, though it misfires on a 9p root (README 'pacman 7')."
+    )
     mirror: str | None = option(
         None, "Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (mirror= on the ISO's kernel command line).",
         metavar="URL", in_manifest=True,
@@ -155,6 +190,11 @@ class Config:
     )
 
     @property
+    def password_hashes(self) -> tuple[str, ...]:
+        """Every password hash of the run (root's and the users'): never shown anywhere."""
+        return tuple(h for h in (self.password_hash, *(user.password_hash for user in self.users)) if h)
+
+    @property
     def locale_gen_line(self) -> str:
         """The /etc/locale.gen line for the locale, e.g. ``en_US.UTF-8 UTF-8``."""
         match = LOCALE_RE.match(self.locale)
@@ -201,6 +241,27 @@ class Config:
             raise UsageError(f"cpus {self.cpus} is out of range", "give --cpus between 1 and 256")
         if not 0.1 <= self.timeout_scale <= 100:
             raise UsageError(f"timeout scale {self.timeout_scale} is out of range", "give --timeout-scale between 0.1 and 100")
+        self._check_devbox()
+
+    def _check_devbox(self) -> None:
+        """The dev box's keys: each value on its own (users, files check themselves), then across them."""
+        for i, name in enumerate(self.services):
+            validate.unit(name, f"services[{i}]")
+        for i, command in enumerate(self.commands):
+            validate.command(command, f"commands[{i}]")
+        for key, items, kind in (("users", self.users, User), ("files", self.files, CopiedFile)):
+            for item in items:
+                if not isinstance(item, kind):
+                    raise UsageError(f"config key {key}: {item!r} is not a table", "see README 'A dev box'")
+        check_users(self.users)
+        # Two writers of one guest path: a copied file and another, or a user's own file.
+        written = {file.guest_path: f"{user.key} ({file.guest_path})" for user in self.users for file in user.staged_files()}
+        for copied in self.files:
+            if copied.path in written:
+                raise validate.refuse(
+                    f"{copied.key}.path", f"{str(copied.path)!r} is also written for {written[copied.path]}", "drop one of them"
+                )
+            written[copied.path] = copied.key
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> None:
@@ -220,7 +281,10 @@ class OptionField:
 
     @property
     def flags(self) -> tuple[str, ...]:
-        """Its command-line flags; a switch that is on by default also has its --no- form."""
+        """Its command-line flags (none for a config-file-only key); a switch that is on by
+        default also has its --no- form."""
+        if not self.option.in_cli:
+            return ()
         flags = self.option.flags or ("--" + self.name.replace("_", "-"),)
         if self.base_type is bool and self.default is True:
             flags = (*flags, "--no-" + flags[0].removeprefix("--"))
@@ -269,6 +333,8 @@ def split_packages(values: list[str]) -> tuple[str, ...]:
 
 def _from_file(row: OptionField, value: Any, base: Path) -> Any:
     """A TOML value for one option, as the Config field wants it, or a UsageError naming the key."""
+    if row.option.parse is not None:
+        return row.option.parse(value, base, row.name)
     kind = row.base_type
 
     def wrong(expected: str) -> UsageError:

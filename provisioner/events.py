@@ -110,6 +110,22 @@ class Result(Event):
 
 
 @dataclass(frozen=True)
+class RunResult(Result):
+    """The last event of a ``run`` whose command ran: its exit status, which is also provision-arch's."""
+
+    exit_status: int
+
+
+@dataclass(frozen=True)
+class Output(Event):
+    """What the command of ``run`` printed (stdout and stderr, as the console carries them): a
+    line with its newline, or the text before the end of the command without one."""
+
+    type: ClassVar[str] = "output"
+    text: str
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """The last event of a run that failed; ``exit_code`` is the process's exit status."""
 

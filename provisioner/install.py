@@ -1,14 +1,16 @@
 """The install pipeline: the guest steps, in order, as data, and the run around them.
 
 ``STEPS`` is the one list that the progress display, the ``--json`` events and the timing
-table read. Each step is a small function of the console, the run's session and its
-timeout. Values reach the guest shell only through ``shlex.quote`` or as files the session
-staged on the 9p share.
+table read; ``plan(cfg)`` adds the dev-box steps a config asks for (users, files,
+services, and one step per command) before the unmount. Each step is a small function of
+the console, the run's session and its timeout. Values reach the guest shell only through
+``shlex.quote`` or as files the session staged on the 9p share.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,11 +26,14 @@ from provisioner.events import Bus, ConsoleLine
 from provisioner.iso import read_boot_files
 from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
+from provisioner.pacman import enable_option, parse_version, sandbox_switch
 from provisioner.preflight import is_root
 from provisioner.qemu import CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STREAM_PORT
-from provisioner.session import STAGE, STATE, Session, StagedFile, locked
+from provisioner.session import STAGE, STATE, Session, locked
+from provisioner.staged import StagedFile
 from provisioner.state import State, save
 from provisioner.stream import TAR_KEEP, Receiver, extract
+from provisioner.users import User
 
 MNT = "/mnt"
 GUEST_STATE = f"{MNT}/{STATE}"  # the target's state directory as the guest sees it
@@ -44,6 +49,7 @@ SERVICES = ("systemd-networkd.service", "systemd-resolved.service")
 INITRAMFS = "/boot/initramfs-linux.img"
 # What an initramfs needs to mount the 9p root (modules.builtin names them when built in).
 NINEP_MODULES = ("9p", "9pnet", "9pnet_virtio", "virtio_pci")
+FIRST_UID = 1000  # useradd's UID_MIN: below it, an account is the system's
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,14 @@ class Step:
     resumable: bool = False  # works on the target and is recorded in state.json: a resumed run skips it when done
 
 
-def staged(file: StagedFile) -> str:
-    """Where the guest finds a staged file."""
-    return f"{GUEST_STAGE}/{file.stage_name}"
+def staged(file: StagedFile, *, chroot: bool = False) -> str:
+    """Where the guest finds a staged file: in the live system, or inside the chroot."""
+    return f"{'' if chroot else MNT}/{STATE}/{STAGE}/{file.stage_name}"
+
+
+def chrooted(command: str) -> str:
+    """A command line for the installed system's chroot."""
+    return f"arch-chroot {MNT} {command}"
 
 
 # -- guest steps ---------------------------------------------------------------------------
@@ -155,16 +166,25 @@ def pacman_hint(output: str) -> str:
     return "see pacman's output above and the transcript"
 
 
-def install_file(con: Console, file: StagedFile, timeout: float) -> None:
-    """Put one staged file in place with its mode and owner."""
-    owner, _, group = file.owner.partition(":")
-    con.check(
-        f"install -D -m {file.mode:04o} -o {q(owner)} -g {q(group or owner)} {q(staged(file))} {q(MNT + str(file.guest_path))}",
-        timeout,
-    )
+def install_file(con: Console, file: StagedFile, timeout: float, *, chroot: bool = False, hint: str = "") -> None:
+    """Put one staged file in place with its mode and owner.
+
+    In the chroot, the owner's name is looked up in the installed system's passwd (a
+    configured user exists only there); outside it, in the live system's (root only).
+    """
+    where = str(file.guest_path) if chroot else MNT + str(file.guest_path)
+    command = f"install -D -m {file.mode:04o} -o {q(file.user)} -g {q(file.group)} {q(staged(file, chroot=chroot))} {q(where)}"
+    con.check(chrooted(command) if chroot else command, timeout, hint=hint)
 
 
-def configure(con: Console, session: Session, timeout: float) -> None:
+def chpasswd(con: Console, file: StagedFile, timeout: float) -> None:
+    """Set passwords from a staged chpasswd -e file; only its path crosses the console, and it goes at once."""
+    path = staged(file)
+    con.check(f"{chrooted('chpasswd -e')} < {q(path)}", timeout)
+    con.check(f"rm -f {q(path)}", timeout)
+
+
+def configure(con: Console, session: Session, timeout: float) -> str | None:
     cfg = session.cfg
     zone = f"/usr/share/zoneinfo/{cfg.timezone}"
     con.check(f"test -f {q(MNT + zone)}", timeout, hint=f"there is no time zone {cfg.timezone!r}; see timedatectl list-timezones")
@@ -180,6 +200,20 @@ def configure(con: Console, session: Session, timeout: float) -> None:
     con.check(f"arch-chroot {MNT} systemctl enable {' '.join(SERVICES)}", timeout)
     # Outside the chroot: arch-chroot bind-mounts its own resolv.conf over the target's.
     con.check(f"ln -sf /run/systemd/resolve/stub-resolv.conf {MNT}/etc/resolv.conf", timeout)
+    return None if cfg.pacman_sandbox else pacman_sandbox(con, timeout)
+
+
+def pacman_sandbox(con: Console, timeout: float) -> str | None:
+    """Turn off the part of pacman 7's download sandbox that misfires on a 9p root (see pacman.py)."""
+    result = con.run(chrooted("pacman --version"), timeout)
+    version = parse_version(result.output) if result.status == 0 else None
+    switch = sandbox_switch(version) if version else None
+    if version is None or switch is None:
+        return None  # no pacman in the target, or one without a sandbox
+    con.check(enable_option(f"{MNT}/etc/pacman.conf", switch), timeout, hint="the installed /etc/pacman.conf has no [options]")
+    shown = ".".join(map(str, version))
+    why = "its Landlock sandbox misfires on a 9p root; --pacman-sandbox keeps it"
+    return f"pacman {shown}: set {switch} in /etc/pacman.conf ({why})"
 
 
 def build_initramfs(con: Console, session: Session, timeout: float) -> str | None:
@@ -213,9 +247,86 @@ def build_initramfs(con: Console, session: Session, timeout: float) -> str | Non
 
 def set_password(con: Console, session: Session, timeout: float) -> None:
     # The hash travels as a file on the share; only its path crosses the console.
-    path = staged(session.root_password)
-    con.check(f"arch-chroot {MNT} chpasswd -e < {q(path)}", timeout)
-    con.check(f"rm -f {q(path)}", timeout)
+    chpasswd(con, session.root_password, timeout)
+
+
+# -- dev-box steps (only when the config asks for them) -----------------------------------
+
+
+def create_users(con: Console, session: Session, timeout: float) -> str | None:
+    """useradd in the chroot, then the users' staged files, then their password hashes."""
+    cfg = session.cfg
+    names = {user.name for user in cfg.users}
+    # A user's own group comes with it (useradd -U); any other group is made if missing.
+    for group in sorted({group for user in cfg.users for group in user.groups} - names):
+        con.check(chrooted(f"groupadd -f {q(group)}"), timeout)
+    for user in cfg.users:
+        add_user(con, user, timeout)
+    for file in session.user_files:
+        if file.guest_path.name == "authorized_keys":
+            ssh = file.guest_path.parent
+            con.check(chrooted(f"install -d -m 0700 -o {q(file.user)} -g {q(file.group)} {q(str(ssh))}"), timeout)
+        install_file(con, file, timeout, chroot=True)
+    if session.user_passwords is not None:
+        chpasswd(con, session.user_passwords, timeout)
+    sudoers = [user.name for user in cfg.users if user.sudo]
+    if sudoers and con.run(f"test -x {MNT}/usr/bin/sudo", 30).status != 0:
+        return f"sudo is not installed, so the sudo rule for {', '.join(sudoers)} does nothing yet: add sudo to packages"
+    return None
+
+
+def add_user(con: Console, user: User, timeout: float) -> None:
+    """Create the account, or bring an account of an earlier run up to date; never take over a system account."""
+    if user.shell is not None:
+        con.check(
+            f"test -x {q(MNT + str(user.shell))}",
+            timeout,
+            hint=f"{user.key}.shell: {user.shell} is not installed in the target; add its package to packages",
+        )
+    options = (f" -s {q(str(user.shell))}" if user.shell else "") + (f" -G {q(','.join(user.groups))}" if user.groups else "")
+    entry = con.run(f"grep -m1 {q('^' + user.name + ':')} {MNT}/etc/passwd", 30)
+    if entry.status != 0:
+        con.check(chrooted(f"useradd -m -U{options} {q(user.name)}"), timeout, hint=f"see useradd's message ({user.key})")
+        return
+    fields = entry.output.strip().split(":")
+    if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < FIRST_UID:
+        raise CommandFailed(
+            f"useradd {user.name}",
+            9,  # useradd's status for a name in use
+            entry.output,
+            f"{user.key}.name: {user.name!r} is a system account of the installed system; pick another name",
+        )
+    # An account of an earlier run (--force): the config is the truth for its groups and shell.
+    groups = "" if user.groups else " -G ''"
+    con.check(chrooted(f"usermod{options}{groups} {q(user.name)}"), timeout)
+
+
+def copy_files(con: Console, session: Session, timeout: float) -> None:
+    for file in session.copied:
+        hint = f"copying to {file.guest_path}: the owner {file.owner} must exist in the installed system"
+        install_file(con, file, timeout, chroot=True, hint=hint)
+
+
+def enable_services(con: Console, session: Session, timeout: float) -> None:
+    units = " ".join(q(unit) for unit in session.cfg.services)
+    con.check(
+        chrooted(f"systemctl enable {units}"),
+        timeout,
+        hint="a unit the installed system does not have? Add the package that ships it to packages",
+    )
+
+
+def command_step(index: int, command: str) -> Step:
+    """The step that runs ``commands[index]`` in the chroot; a failure names it and stops the run."""
+
+    def action(con: Console, session: Session, timeout: float) -> None:
+        result = con.run(chrooted(f"sh -c {q(command)}"), timeout)
+        if result.status != 0:
+            hint = f"command-{index + 1} (config key commands[{index}]) failed; the commands after it did not run"
+            raise CommandFailed(command, result.status, result.output, hint)
+
+    title = f"Running command {index + 1}: {textwrap.shorten(command, 60, placeholder=' …')}"
+    return Step(f"command-{index + 1}", title, action, COMMAND_TIMEOUT)
 
 
 def send_tree(con: Console, session: Session, timeout: float) -> str:
@@ -267,6 +378,26 @@ STEPS: list[Step] = [
     ),
     Step("unmount", "Syncing and unmounting the target", unmount, 900),
 ]
+COMMAND_TIMEOUT = 3600.0  # seconds per command at --timeout-scale 1
+# The dev-box steps and the config that asks for each: a step nobody asked for is no part of
+# the run (not even a skipped one).
+DEVBOX_STEPS: list[tuple[Callable[[Config], object], Step]] = [
+    (lambda cfg: cfg.users, Step("users", "Creating users", create_users, 600)),
+    (lambda cfg: cfg.files, Step("files", "Copying files in", copy_files, 600)),
+    (lambda cfg: cfg.services, Step("services", "Enabling services", enable_services, 300)),
+]
+
+
+def plan(cfg: Config) -> list[Step]:
+    """The guest steps of one run: STEPS, with the dev-box steps the config asks for before the tree is sent.
+
+    Files come after users (they may be a user's), services after files (a unit may be a
+    copied file), and the commands last, when the box is complete.
+    """
+    devbox = [step for wanted, step in DEVBOX_STEPS if wanted(cfg)]
+    commands = [command_step(index, command) for index, command in enumerate(cfg.commands)]
+    at = [step.name for step in STEPS].index("stream")  # a stream install sends the tree when it is complete
+    return [*STEPS[:at], *devbox, *commands, *STEPS[at:]]
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -311,7 +442,7 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
         cfg.package_cache.mkdir(parents=True, exist_ok=True)
     try:
         transcript = Transcript(
-            session.transcript, redact=(cfg.password_hash,), on_line=lambda line: events.emit(ConsoleLine(line))
+            session.transcript, redact=cfg.password_hashes, on_line=lambda line: events.emit(ConsoleLine(line))
         )
     except OSError as exc:
         raise HostError(f"cannot write {session.transcript}: {exc.strerror}", "check the target directory and --log") from exc
@@ -337,7 +468,7 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
 
 def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:
     """The guest steps in order; a resumed run skips the target steps an earlier run finished."""
-    for step in STEPS:
+    for step in plan(session.cfg):
         if not step.enabled(session.cfg):
             events.skip(step.name, step.title)
             continue

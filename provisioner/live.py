@@ -1,15 +1,16 @@
 """The live system: boot the ISO in one QEMU and hand over its logged-in console.
 
 ``live_console`` is a context manager: it yields the ``Console`` of a logged-in live
-system and, on leaving, always ends that QEMU. With ``--accel auto`` a KVM guest that
-never prints its kernel banner (no KVM access, or KVM without nested virtualisation,
-which hangs after the firmware) is retried under TCG; the KVM attempt is fully ended
-before the TCG one starts, so two QEMUs never run at once.
+system and, on leaving, always ends that QEMU. ``launched`` is the QEMU start it (and
+``provision-arch run``) share: with ``--accel auto`` a KVM guest that never prints its
+kernel banner (no KVM access, or KVM without nested virtualisation, which hangs after the
+firmware) is retried under TCG; the KVM attempt is fully ended before the TCG one starts,
+so two QEMUs never run at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,16 +38,16 @@ def _machine(session: Session, accel: Accel, iso: Path, boot: BootFiles, transcr
     return Machine(argv, logfile=transcript)
 
 
-def _kvm_starts(session: Session, iso: Path, boot: BootFiles, transcript: Transcript) -> Machine | None:
+def _kvm_starts(make: Callable[[Accel], Machine], accel: Accel, scale: float) -> Machine | None:
     """Launch under KVM; the machine if its kernel speaks, else None after ending it."""
-    machine = _machine(session, Accel.KVM, iso, boot, transcript)
+    machine = make(Accel.KVM)
     try:
-        con = Console(machine.launch(), scale=session.cfg.timeout_scale)
+        con = Console(machine.launch(), scale=scale)
         con.expect({"banner": BANNER}, KVM_FIRST_WORDS, "the kernel banner under KVM")
         return machine
     except (ConsoleTimeout, BootFailed) as exc:
         machine.shutdown(hard=True)
-        if session.cfg.accel is not Accel.AUTO:
+        if accel is not Accel.AUTO:
             raise BootFailed(
                 f"the guest did not start under KVM: {exc.message}",
                 "use --accel tcg (slower), or --accel auto to fall back by itself",
@@ -59,15 +60,32 @@ def _kvm_starts(session: Session, iso: Path, boot: BootFiles, transcript: Transc
 
 
 @contextmanager
-def live_console(session: Session, iso: Path, boot: BootFiles, transcript: Transcript, events: Bus) -> Iterator[Console]:
-    """Boot the ISO, log in, yield the console; QEMU is ended on the way out, always."""
+def launched(make: Callable[[Accel], Machine], accel: Accel, scale: float, events: Bus) -> Iterator[Machine]:
+    """One launched QEMU, made by ``make`` for an accelerator; always ended on the way out.
+
+    KVM first when it is usable; under ``auto`` a KVM guest whose kernel stays silent is
+    ended before a TCG one is launched, so two QEMUs never run at once.
+    """
     machine = None
-    if resolve_accel(session.cfg.accel) is Accel.KVM:
-        machine = _kvm_starts(session, iso, boot, transcript)
+    if resolve_accel(accel) is Accel.KVM:
+        machine = _kvm_starts(make, accel, scale)
         if machine is None:
             events.note("no guest under KVM (the kernel never spoke); retrying with TCG, which is slower")
-    with machine or _machine(session, Accel.TCG, iso, boot, transcript) as running:
-        # The KVM machine is already running; a new one is launched here, exactly once.
-        con = Console(running.child if machine else running.launch(), scale=session.cfg.timeout_scale)
+    with machine or make(Accel.TCG) as running:
+        if machine is None:
+            running.launch()  # the KVM machine is already running; a new one is launched here, exactly once
+        yield running
+
+
+@contextmanager
+def live_console(session: Session, iso: Path, boot: BootFiles, transcript: Transcript, events: Bus) -> Iterator[Console]:
+    """Boot the ISO, log in, yield the console; QEMU is ended on the way out, always."""
+    cfg = session.cfg
+
+    def make(accel: Accel) -> Machine:
+        return _machine(session, accel, iso, boot, transcript)
+
+    with launched(make, cfg.accel, cfg.timeout_scale, events) as running:
+        con = Console(running.child, scale=cfg.timeout_scale)
         con.login(BOOT_TIMEOUT)
         yield con

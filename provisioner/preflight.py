@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pexpect
 
-from provisioner.errors import HostError
+from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
 from provisioner.run import NotFound, run
 from provisioner.session import LOCK, STATE, busy, held_by_another
@@ -358,3 +358,12 @@ def host_checks() -> list[Callable[[], Iterator[Problem]]]:
 
 def problems(checks: list[Callable[[], Iterator[Problem]]]) -> list[Problem]:
     return [problem for check in checks for problem in check()]
+
+
+def check_box(target: Path, *, start: bool = True) -> None:
+    """Before booting an installed box (``boot``, ``run``): it is one, a usage error otherwise;
+    and, when QEMU is to start, this host can start it."""
+    if missing := problems([lambda: check_installed(target)]):
+        raise UsageError(missing[0].message, missing[0].fix)
+    if start and (host := problems(host_checks())):
+        raise HostError(host[0].message, host[0].fix)

@@ -1,7 +1,9 @@
 """QEMU command lines as data, and the Machine that runs one and always ends it.
 
-``install_argv`` and ``boot_argv`` are pure functions, unit-tested against the seed's
-two commands. ``Machine`` spawns QEMU on a pseudo-terminal (its serial console), under
+``install_argv``, ``boot_argv`` and ``run_argv`` are pure functions, unit-tested against
+the seed's two commands; ``Forward`` is a host port that QEMU's user network forwards to
+the guest (``hostfwd``), on 127.0.0.1 unless an address is given. ``Machine`` spawns QEMU
+on a pseudo-terminal (its serial console), under
 ``unshare --map-auto --map-root-user`` when we are not root, and on exit waits a bounded
 time for the guest to power off, then terminates it, then kills it.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
+import re
 import shlex
 import signal
 from collections.abc import Sequence
@@ -22,7 +26,7 @@ from types import TracebackType
 import pexpect
 
 from provisioner.config import Accel
-from provisioner.errors import HostError
+from provisioner.errors import HostError, UsageError
 from provisioner.iso import BootFiles
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ ROOT_APPEND = (
 )
 
 
+LOOPBACK = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Hardware:
     memory: int
@@ -47,12 +54,44 @@ class Hardware:
     accel: Accel  # KVM or TCG here: AUTO is resolved before argv is built
 
 
+@dataclass(frozen=True)
+class Forward:
+    """A host TCP port that QEMU's user network forwards to a guest port."""
+
+    host_port: int
+    guest_port: int = 22
+    address: str = LOOPBACK  # where QEMU listens on the host
+
+    def hostfwd(self) -> str:
+        return f"hostfwd=tcp:{self.address}:{self.host_port}-:{self.guest_port}"
+
+
+def parse_forward(spec: str, guest_port: int = 22, flag: str = "--ssh-port") -> Forward:
+    """``PORT`` (on 127.0.0.1) or ``ADDRESS:PORT`` with an IPv4 address: listening on all
+    interfaces (0.0.0.0) is only ever what the user wrote."""
+    address, colon, port = spec.rpartition(":")
+    address = address if colon else LOOPBACK
+    hint = f"{flag} PORT (on 127.0.0.1) or {flag} ADDRESS:PORT, e.g. {flag} 2222 or {flag} 0.0.0.0:2222"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise UsageError(f"invalid {flag} {spec!r}: the port must be 1-65535", hint)
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise UsageError(f"invalid {flag} {spec!r}: {address!r} is not an IPv4 address", hint) from None
+    return Forward(int(port), guest_port, address)
+
+
+def netdev(forwards: Sequence[Forward] = ()) -> str:
+    """QEMU's user network, with a hostfwd= per forwarded port."""
+    return ",".join(["user,id=net0", *(forward.hostfwd() for forward in forwards)])
+
+
 def qemu_value(path: Path) -> str:
     """A path inside a QEMU option value: commas are doubled."""
     return str(path).replace(",", ",,")
 
 
-def _common(hw: Hardware, share: Path) -> list[str]:
+def _common(hw: Hardware, share: Path, forwards: Sequence[Forward] = ()) -> list[str]:
     cpu = "host" if hw.accel is Accel.KVM else "max"
     return [
         QEMU,
@@ -63,7 +102,7 @@ def _common(hw: Hardware, share: Path) -> list[str]:
         "-smp", str(hw.cpus),
         "-rtc", "base=utc",
         *share_argv(MOUNT_TAG, share),
-        "-netdev", "user,id=net0",
+        "-netdev", netdev(forwards),
         "-device", "virtio-net-pci,netdev=net0",
         "-display", "none",
         "-vga", "none",
@@ -141,22 +180,41 @@ def install_argv(
     ]  # fmt: skip
 
 
-def boot_argv(hw: Hardware, target: Path) -> list[str]:
+def _installed(hw: Hardware, target: Path, append: str, forwards: Sequence[Forward]) -> list[str]:
+    """The installed system's kernel and initramfs, booted on its 9p root."""
+    root = target.resolve()
+    return [
+        *_common(hw, target, forwards),
+        "-kernel", str(root / "boot/vmlinuz-linux"),
+        "-initrd", str(root / "boot/initramfs-linux.img"),
+        "-append", append,
+        "-boot", "strict=on",
+    ]  # fmt: skip
+
+
+def boot_argv(hw: Hardware, target: Path, forwards: Sequence[Forward] = ()) -> list[str]:
     """The seed's second command: the installed system on its 9p root.
 
     The console is the user's terminal, multiplexed with the monitor: Ctrl-C goes to the
     guest, Ctrl-A X quits QEMU.
     """
-    root = target.resolve()
     return [
-        *_common(hw, target),
-        "-kernel", str(root / "boot/vmlinuz-linux"),
-        "-initrd", str(root / "boot/initramfs-linux.img"),
-        "-append", ROOT_APPEND,
+        *_installed(hw, target, ROOT_APPEND, forwards),
         "-chardev", "stdio,id=console,mux=on,signal=off",
         "-serial", "chardev:console",
         "-mon", "chardev=console,mode=readline",
-        "-boot", "strict=on",
+    ]  # fmt: skip
+
+
+def run_argv(hw: Hardware, target: Path, kernel_args: Sequence[str], forwards: Sequence[Forward] = ()) -> list[str]:
+    """The installed system, headless, for a program: its console is ours alone (no monitor),
+    and a reboot or a panic ends QEMU instead of booting again."""
+    return [
+        *_installed(hw, target, " ".join([ROOT_APPEND, *kernel_args]), forwards),
+        "-chardev", "stdio,id=console,signal=off",
+        "-serial", "chardev:console",
+        "-monitor", "none",
+        "-no-reboot",
     ]  # fmt: skip
 
 

@@ -1,10 +1,11 @@
 """One run, built once from the resolved config and handed to every step.
 
 The session holds the target, its state directory, the run id and every file the guest
-will need — the rendered templates and the password hash — as ``StagedFile`` records
-(guest path, content, mode, owner). ``stage()`` writes them into the target's state
-directory, which the guest sees over the share; the steps install them from there, so a
-guest step reads nothing from the host on its own and no value is typed twice.
+will need — the rendered templates, the password hashes, the users' authorized_keys and
+sudoers files, the files the config copies in — as ``StagedFile`` records (guest path,
+content, mode, owner). ``stage()`` writes them into the target's state directory, which
+the guest sees over the share; the steps install them from there, so a guest step reads
+nothing from the host on its own and no value is typed twice.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from provisioner import users
 from provisioner.config import Config, InstallVia
 from provisioner.errors import HostError
 from provisioner.qemu import Stream
 from provisioner.render import render, rootfs_files
+from provisioner.staged import StagedFile
 
 STATE = ".provision-arch"  # the state directory, relative to the target
 STAGE = "stage"  # staged files, below the state directory
@@ -31,37 +34,39 @@ SCRATCH_SIZE = 64 << 30  # the stream install's sparse scratch disk: room for an
 
 
 @dataclass(frozen=True)
-class StagedFile:
-    """A file for the installed system: where it goes, what it holds, its mode and owner."""
-
-    guest_path: PurePosixPath  # absolute, in the installed system
-    content: str = field(repr=False)
-    mode: int = 0o644
-    owner: str = "root:root"
-    secret: bool = False  # removed as soon as it is used, and on every exit
-
-    @property
-    def stage_name(self) -> PurePosixPath:
-        """Its path below the stage directory: the guest path without the leading slash."""
-        return self.guest_path.relative_to("/")
-
-
-@dataclass(frozen=True)
 class Session:
     cfg: Config
     run_id: str
     files: tuple[StagedFile, ...]  # rendered templates, installed by the configure step
     root_password: StagedFile  # chpasswd -e input: "root:HASH"
+    user_files: tuple[StagedFile, ...] = ()  # authorized_keys and sudoers files, installed by the users step
+    user_passwords: StagedFile | None = None  # chpasswd -e input for the users with a password hash
+    copied: tuple[StagedFile, ...] = ()  # the config's [[files]], installed by the files step
     resuming: bool = False  # an earlier run on this target stopped part way
 
     @classmethod
     def create(cls, cfg: Config, resuming: bool = False) -> Session:
-        """Render everything once; nothing is written until ``stage()``."""
+        """Render and read everything once; nothing is written until ``stage()``."""
         files = tuple(StagedFile(path, content) for path, content in sorted(rootfs_files(cfg).items()))
         if cfg.snapshot:
             files += (StagedFile(PurePosixPath("/etc/pacman.d/mirrorlist"), render(SNAPSHOT_MIRRORLIST, cfg)),)
         password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
-        return cls(cfg=cfg, run_id=secrets.token_hex(8), files=files, root_password=password, resuming=resuming)
+        return cls(
+            cfg=cfg,
+            run_id=secrets.token_hex(8),
+            files=files,
+            root_password=password,
+            user_files=tuple(file for user in cfg.users for file in user.staged_files()),
+            user_passwords=users.password_file(cfg.users),
+            copied=tuple(copied.staged() for copied in cfg.files),
+            resuming=resuming,
+        )
+
+    @property
+    def all_files(self) -> tuple[StagedFile, ...]:
+        """Everything ``stage()`` writes."""
+        optional = (self.user_passwords,) if self.user_passwords else ()
+        return (*self.files, self.root_password, *self.user_files, *optional, *self.copied)
 
     @property
     def target(self) -> Path:
@@ -89,7 +94,7 @@ class Session:
     @property
     def secrets(self) -> tuple[Path, ...]:
         """Host paths of staged secrets: never left behind."""
-        return tuple(self.staged(f) for f in (*self.files, self.root_password) if f.secret)
+        return tuple(self.staged(f) for f in self.all_files if f.secret)
 
     def staged(self, file: StagedFile) -> Path:
         return self.stage_dir / file.stage_name
@@ -106,13 +111,13 @@ class Session:
                 scratch.truncate(SCRATCH_SIZE)
             for end in (".in", ".out"):
                 os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
-        for file in (*self.files, self.root_password):
+        for file in self.all_files:
             path = self.staged(file)
             path.parent.mkdir(parents=True, exist_ok=True)
             # Created with its final mode: a secret is never readable by others, not even briefly.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode & 0o600 if file.secret else 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(file.content)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(file.data)
 
     def unstage(self) -> None:
         """Remove what ``stage()`` wrote; the transcript stays."""

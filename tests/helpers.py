@@ -1,7 +1,8 @@
-"""Small builders shared by the test layers: archiso-like ISOs and password files."""
+"""Small builders shared by the test layers: archiso-like ISOs, password files, SSH public keys."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -73,3 +74,11 @@ def tree(root: Path, skip: tuple[str, ...] = (".provision-arch",), content_skip:
 def differences(one: dict[str, Entry], two: dict[str, Entry]) -> list[str]:
     names = sorted(set(one) | set(two))
     return [f"{name}: {one.get(name)} != {two.get(name)}" for name in names if one.get(name) != two.get(name)]
+
+
+def ssh_public_key(comment: str = "dev@laptop") -> str:
+    """An authorized_keys line of the ed25519 form (type, 32 key bytes derived from the comment)."""
+    kind = b"ssh-ed25519"
+    key = hashlib.sha256(comment.encode()).digest()
+    blob = len(kind).to_bytes(4, "big") + kind + len(key).to_bytes(4, "big") + key
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"

@@ -46,6 +46,9 @@ def test_shell_completion_is_offered() -> None:
 def test_install_help_shows_every_option_of_the_table() -> None:
     output = " ".join(runner.invoke(app, ["install", "--help"]).output.split())
     for row, default in defaults_shown():
+        if not row.option.in_cli:
+            assert row.name in output, f"--config's help names the file-only key {row.name}"
+            continue
         for flag in row.flags:
             assert flag in output, flag
         assert " ".join(row.option.help.split()) in output, row.name
@@ -166,3 +169,25 @@ def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path:
     result = runner.invoke(app, [str(tmp_path / "b"), "--config", str(box)])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("spec", "hostfwd"), [("2222", "hostfwd=tcp:127.0.0.1:2222-:22"), ("0.0.0.0:2200", "hostfwd=tcp:0.0.0.0:2200-:22")]
+)
+def test_boot_forwards_ssh_on_loopback_unless_told(tmp_path: Path, spec: str, hostfwd: str) -> None:
+    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--accel", "tcg", "--ssh-port", spec])
+    assert result.exit_code == 0, result.output
+    argv = shlex.split(result.output.strip())
+    assert argv[argv.index("-netdev") + 1] == f"user,id=net0,{hostfwd}"
+    assert "-sandbox" in argv
+
+
+def test_boot_refuses_a_bad_ssh_port(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--ssh-port", "all:22"])
+    assert result.exit_code == ExitCode.USAGE and "--ssh-port" in result.output
+
+
+def test_run_needs_a_command(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(installed(tmp_path))])
+    assert result.exit_code == ExitCode.USAGE
+    assert "COMMAND" in result.output

@@ -1,17 +1,21 @@
 """Fault 23: hostile values never reach a guest shell as shell syntax (property-tested).
 
-Any value for hostname, locale, timezone, keymap, packages or mirror is either refused when
-the Config is built, or it changes no command's structure: every command the steps type is
-split like a shell would (words and operators), and its operators are exactly those of the
-same command for the default config. Accepted values are also inert on their own: they hold
-only characters that ``shlex.quote`` leaves alone.
+Any value for hostname, locale, timezone, keymap, packages or mirror — and for the dev box's
+user and group names, shells, file paths, owners, units and commands — is either refused
+when the Config is built, or it changes no command's structure: every command the steps type
+is split like a shell would (words and operators), and its operators are exactly those of
+the same command for a reference config. Accepted names are also inert on their own: they
+hold only characters that ``shlex.quote`` leaves alone (paths may hold any printable
+character: they travel quoted; commands are shell by design and travel as one quoted word).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,10 +23,13 @@ from hypothesis import strategies as st
 from provisioner.config import Config, build
 from provisioner.console import Result
 from provisioner.errors import UsageError
-from provisioner.install import STEPS
+from provisioner.files import CopiedFile
+from provisioner.install import plan
 from provisioner.iso import BootFiles
 from provisioner.qemu import Hardware, install_argv
 from provisioner.session import Session
+from provisioner.users import User
+from tests.helpers import ssh_public_key
 
 INERT = re.compile(r"[\w@%+=:,./-]*", re.ASCII)  # what shlex.quote returns unquoted
 HOSTILE = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
@@ -41,7 +48,8 @@ class Recorder:
     def run(self, command: str, timeout: float = 120.0) -> Result:
         self.commands.append(command)
         output = "9p.ko\n9pnet.ko\n9pnet_virtio.ko\nvirtio_pci.ko" if "lsinitcpio" in command else ""
-        return Result(command, 0, output)
+        new_user = command.startswith("grep -m1 ")  # no such user yet: useradd
+        return Result(command, 1 if new_user else 0, output)
 
     def check(self, command: str, timeout: float = 120.0, hint: str = "") -> str:
         return self.run(command, timeout).output
@@ -50,7 +58,7 @@ class Recorder:
 def typed(cfg: Config) -> list[str]:
     recorder = Recorder()
     session = Session.create(cfg)
-    for step in STEPS:
+    for step in plan(cfg):
         if step.enabled(cfg):
             step.action(recorder, session, step.timeout)  # type: ignore[arg-type]
     return recorder.commands
@@ -106,3 +114,46 @@ def test_mirror_on_the_kernel_command_line(mirror: str) -> None:
         append = argv[argv.index("-append") + 1].split()
         assert [word for word in append if word.startswith("mirror=")] == [f"mirror={mirror}"]
         assert not set(mirror) & set("\"' \t\n\\")
+
+
+# -- the dev box -------------------------------------------------------------------------------
+
+DEVBOX = {
+    "users": (User("dev", ("wheel",), sudo=True, shell=PurePosixPath("/usr/bin/zsh"), authorized_keys=(ssh_public_key(),)),),
+    "files": (CopiedFile(Path(__file__), PurePosixPath("/etc/motd"), 0o644, "root:root"),),
+    "services": ("sshd",),
+    "commands": ("true",),
+}
+DEVBOX_REFERENCE = typed(build({**BASE, **DEVBOX}))
+
+
+def devbox_variant(field: str, value: str) -> dict[str, object]:
+    user, copied = DEVBOX["users"][0], DEVBOX["files"][0]
+    assert isinstance(user, User) and isinstance(copied, CopiedFile)
+    changes: dict[str, Callable[[], dict[str, object]]] = {
+        "name": lambda: {"users": (dataclasses.replace(user, name=value),)},
+        "group": lambda: {"users": (dataclasses.replace(user, groups=(value,)),)},
+        "shell": lambda: {"users": (dataclasses.replace(user, shell=PurePosixPath("/usr/bin/" + value)),)},
+        "path": lambda: {"files": (dataclasses.replace(copied, path=PurePosixPath("/etc/" + value)),)},
+        "owner": lambda: {"files": (dataclasses.replace(copied, owner=value),)},
+        "service": lambda: {"services": (value,)},
+        "command": lambda: {"commands": (value,)},
+    }
+    return {**DEVBOX, **changes[field]()}
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from(["name", "group", "shell", "path", "owner", "service", "command"]), value=HOSTILE)
+def test_devbox_values(field: str, value: str) -> None:
+    try:
+        cfg = build({**BASE, **devbox_variant(field, value)})
+    except (UsageError, ValueError):
+        return
+    if field in ("name", "group", "owner", "service"):
+        assert INERT.fullmatch(value), f"accepted a {field} with shell syntax: {value!r}"
+    commands = typed(cfg)
+    for mine, reference in zip(commands, DEVBOX_REFERENCE, strict=True):
+        assert operators(mine) == operators(reference), mine
+    if field == "command":
+        (typed_command,) = [c for c in commands if c.startswith("arch-chroot /mnt sh -c ")]
+        assert shlex.split(typed_command)[-1] == value, "the command reaches sh -c as one word, unchanged"

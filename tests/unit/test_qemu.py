@@ -7,8 +7,20 @@ from pathlib import Path
 import pytest
 
 from provisioner.config import Accel
+from provisioner.errors import UsageError
 from provisioner.iso import BootFiles
-from provisioner.qemu import Hardware, boot_argv, cpu_has_virtualisation, install_argv, qemu_value, resolve_accel, wrap
+from provisioner.qemu import (
+    Forward,
+    Hardware,
+    boot_argv,
+    cpu_has_virtualisation,
+    install_argv,
+    parse_forward,
+    qemu_value,
+    resolve_accel,
+    run_argv,
+    wrap,
+)
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
 BOOT = BootFiles(
@@ -97,3 +109,39 @@ def test_cpu_virtualisation_flags(tmp_path: Path, flags: str, expected: bool) ->
 def test_explicit_accel_is_kept() -> None:
     assert resolve_accel(Accel.TCG) is Accel.TCG
     assert resolve_accel(Accel.KVM) is Accel.KVM
+
+
+@pytest.mark.parametrize(
+    ("spec", "forward"),
+    [("2222", Forward(2222)), ("127.0.0.1:2222", Forward(2222)), ("0.0.0.0:2222", Forward(2222, 22, "0.0.0.0")),  # noqa: S104
+     ("192.168.1.5:65535", Forward(65535, 22, "192.168.1.5")), ("1", Forward(1))],
+)  # fmt: skip
+def test_ssh_port_listens_on_loopback_unless_an_address_is_given(spec: str, forward: Forward) -> None:
+    assert parse_forward(spec) == forward
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "0", "65536", "22x", "-1", "localhost:2222", ":2222", "0.0.0.0:", "::1:2222", "1.2.3:22", "2222,hostfwd=tcp::1-:1"],
+)
+def test_bad_ssh_ports_are_refused(spec: str) -> None:
+    with pytest.raises(UsageError, match="--ssh-port"):
+        parse_forward(spec)
+
+
+def test_boot_argv_forwards_ssh_and_keeps_the_sandbox(tmp_path: Path) -> None:
+    argv = boot_argv(HW, tmp_path / "base", [parse_forward("2222")])
+    assert option(argv, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    assert option(argv, "-sandbox") == ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    everywhere = boot_argv(HW, tmp_path / "base", [parse_forward("0.0.0.0:2200"), Forward(8080, 80)])
+    assert option(everywhere, "-netdev") == ["user,id=net0,hostfwd=tcp:0.0.0.0:2200-:22,hostfwd=tcp:127.0.0.1:8080-:80"]
+
+
+def test_run_argv_is_headless_and_ends_on_reboot(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    argv = run_argv(HW, base, ["systemd.run=/x", "panic=-1"])
+    assert option(argv, "-append") == [boot_argv(HW, base)[boot_argv(HW, base).index("-append") + 1] + " systemd.run=/x panic=-1"]
+    assert option(argv, "-chardev") == ["stdio,id=console,signal=off"] and option(argv, "-monitor") == ["none"]
+    assert "-no-reboot" in argv and "-mon" not in argv
+    assert option(argv, "-kernel") == [f"{base}/boot/vmlinuz-linux"]
+    assert option(argv, "-sandbox") == option(boot_argv(HW, base), "-sandbox")

@@ -15,6 +15,8 @@ def options_table() -> str:
     for row, default in defaults_shown():
         metavar = f" {row.option.metavar}" if row.option.metavar else ""
         flags = (", ".join(f"`{flag}`" for flag in row.flags) + metavar).replace("|", "\\|")
+        if not row.option.in_cli:
+            flags = "(config file only)"
         if row.option.envvar:
             flags += f" / `{row.option.envvar}`"
         key = f"`{row.name}`" if row.option.in_file else "(command line only)"

@@ -1,0 +1,214 @@
+"""``provision-arch run``: boot the box headless, run one command as a user, stream its output,
+return its exit status, power off — in one QEMU, always ended.
+
+The command runs the way systemd itself runs a command given on the kernel command line:
+``systemd.run=`` (systemd-run-generator, systemd 240 and later) makes it
+kernel-command-line.service and boots into it, and ``systemd.run_success_action=poweroff``
+with ``systemd.run_failure_action=poweroff`` end the VM whatever the command returns.
+Nothing crosses the console but output, no password or key exists for the run, and the box
+needs no sshd and no network.
+
+The kernel command line names only a script that provision-arch writes into the box before
+QEMU starts (``TARGET/.provision-arch/run/command``, removed afterwards), so the command's
+words never pass through the command line's quoting. The script:
+
+- sends its own output to /dev/console, the serial console (the unit's stdout goes to
+  journald, which would forward it with a ``[time] name[pid]:`` prefix);
+- starts multi-user.target, so the command finds the box as a boot leaves it (network,
+  enabled services): the generator boots into its own target, which does not pull it in;
+- turns the kernel's console messages down (``dmesg -n 1``) and writes a start marker;
+- runs the command with ``runuser -u USER --`` from the user's home, its words as given
+  (quoted once, by ``shlex.join``, for the script's own shell), stdin from /dev/null;
+- writes an end marker with the exit status and exits with it.
+
+Both markers carry a nonce that exists only in the script, so nothing the boot prints can
+fake them. Everything between them is the command's output, streamed as it comes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import textwrap
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from shlex import quote as q
+
+import pexpect
+
+from provisioner import preflight, validate
+from provisioner.config import Accel
+from provisioner.console import Console, Transcript
+from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
+from provisioner.events import Bus, Output
+from provisioner.live import launched
+from provisioner.qemu import Hardware, Machine, run_argv, wrap
+from provisioner.session import STATE, locked, remove, state_directory
+
+RUN_DIR = "run"  # below the state directory
+SCRIPT = "command"
+GUEST_SCRIPT = PurePosixPath("/") / STATE / RUN_DIR / SCRIPT
+RUN_GENERATOR = "usr/lib/systemd/system-generators/systemd-run-generator"
+RUNUSER = "usr/bin/runuser"
+TRANSCRIPT = "run-console.log"  # below the state directory
+BOOT_TIMEOUT = 900.0  # seconds from QEMU's start to the start marker (TCG on a busy host is slow)
+POWEROFF_TIMEOUT = 120.0  # seconds from the end marker to QEMU's exit
+# A box that cannot finish booting stops at systemd's emergency shell, waiting for a password.
+EMERGENCY = r"You are in emergency mode|Cannot open access to console, the root account is locked"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    target: Path
+    argv: tuple[str, ...]
+    user: str = "root"
+    memory: int = 2048
+    cpus: int = 2
+    accel: Accel = Accel.AUTO
+    timeout: float | None = None  # seconds for the command itself; None: as long as it takes
+
+
+def kernel_args() -> list[str]:
+    """What the kernel command line adds to the box's own (ROOT_APPEND) for a run."""
+    return [
+        f"systemd.run={GUEST_SCRIPT}",
+        "systemd.run_success_action=poweroff",
+        "systemd.run_failure_action=poweroff",
+        "systemd.show_status=false",
+        "systemd.tty.term.console=dumb",
+        "systemd.mask=serial-getty@ttyS0.service",  # the console is the command's, not a login prompt's
+        "panic=-1",  # with -no-reboot: a panic ends QEMU instead of hanging it
+    ]
+
+
+def script(user: str, argv: Sequence[str], nonce: str) -> str:
+    """The script systemd runs for the command (see the module's doc)."""
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # Written by provision-arch run for one run, and removed after it. systemd runs it as
+        # kernel-command-line.service (systemd.run= on the kernel command line).
+        exec </dev/null >/dev/console 2>&1
+        systemctl start multi-user.target >/dev/null 2>&1
+        dmesg -n 1 2>/dev/null
+        nonce={nonce}
+        printf 'PA_RUN_%s_BEGIN\\n' "$nonce"
+        runuser -u {q(user)} -- sh -c 'cd 2>/dev/null; exec "$@"' provision-arch-run {shlex.join(argv)}
+        status=$?
+        printf 'PA_RUN_%s_END_%d\\n' "$nonce" "$status"
+        exit "$status"
+        """)
+
+
+def begin_marker(nonce: str) -> str:
+    return rf"PA_RUN_{nonce}_BEGIN\r?\n"
+
+
+def end_marker(nonce: str) -> re.Pattern[str]:
+    """The end marker; it may follow output that did not end its line."""
+    return re.compile(rf"PA_RUN_{nonce}_END_(\d+)\r?\n")
+
+
+def check_runnable(target: Path, user: str) -> None:
+    """The box can run a command this way, as this user: usage errors that say what is missing."""
+    preflight.check_box(target, start=False)
+    if not os.path.lexists(target / RUN_GENERATOR):
+        raise UsageError(
+            f"{target} has no {RUN_GENERATOR.rsplit('/', 1)[1]}: run needs systemd (240 or later) as the box's init",
+            "Arch's base package brings systemd; a box without it can only be booted: provision-arch boot",
+        )
+    if not os.path.lexists(target / RUNUSER):
+        raise UsageError(f"{target} has no /{RUNUSER}", "install util-linux in the box (Arch's base brings it)")
+    validate.account(user, "--user")
+    try:
+        names = {line.split(":", 1)[0] for line in (target / "etc/passwd").read_text().splitlines()}
+    except OSError as exc:
+        raise UsageError(f"cannot read {target}/etc/passwd: {exc.strerror}", "is it an installed box?") from exc
+    if user not in names:
+        raise UsageError(
+            f"there is no user {user!r} in {target}/etc/passwd",
+            "create it with a [[users]] table (README 'A dev box'), or leave out --user to run as root",
+        )
+
+
+def run_in_box(request: RunRequest, events: Bus) -> int:
+    """Run the request's command in its box; its exit status. Raises a ProvisionError when the
+    box fails (it does not boot, powers off too early, or the command outlives --timeout)."""
+    check_runnable(request.target, request.user)
+    with locked(request.target):
+        state = state_directory(request.target)
+        nonce = secrets.token_hex(8)
+        transcript = Transcript(state / TRANSCRIPT)
+        try:
+            stage_script(state / RUN_DIR / SCRIPT, script(request.user, request.argv, nonce))
+            transcript.note(f"run as {request.user}: {shlex.join(request.argv)}")
+            return _run(request, nonce, transcript, events)
+        finally:
+            transcript.close()
+            remove(state / RUN_DIR)
+
+
+def stage_script(path: Path, text: str) -> None:
+    """Written before QEMU starts, so the guest reads it fresh; root's in the box (the invoking user's on the host)."""
+    remove(path.parent)
+    path.parent.mkdir()
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o755)
+
+
+def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus) -> int:
+    def make(accel: Accel) -> Machine:
+        hw = Hardware(memory=request.memory, cpus=request.cpus, accel=accel)
+        transcript.note(f"starting QEMU ({accel.value})")
+        argv = wrap(run_argv(hw, request.target, kernel_args()), as_root=preflight.is_root())
+        return Machine(argv, logfile=transcript)
+
+    shown = textwrap.shorten(shlex.join(request.argv), 60, placeholder=" …")
+    with ExitStack() as stack:
+        with events.step("boot", "Booting the box"):
+            machine = stack.enter_context(launched(make, request.accel, 1.0, events))
+            con = Console(machine.child)
+            waiting = "the command's start (systemd.run= on the box's kernel command line)"
+            if con.expect({"begin": begin_marker(nonce), "emergency": EMERGENCY}, BOOT_TIMEOUT, waiting) == "emergency":
+                hint = "boot it with provision-arch boot to see why"
+                raise BootFailed("the box stopped in systemd's emergency mode", hint, output=con.output_so_far())
+        with events.step("command", f"Running {shown} as {request.user}"):
+            status = stream(machine.child, nonce, events, request.timeout)
+        with events.step("poweroff", "Powering off"):
+            if machine.child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=POWEROFF_TIMEOUT) == 1:
+                events.note(f"the box did not power off within {POWEROFF_TIMEOUT:.0f} s after the command; QEMU was stopped")
+                machine.shutdown(hard=True)
+    return status
+
+
+def stream(child: pexpect.spawn[str], nonce: str, events: Bus, timeout: float | None) -> int:
+    """Hand each line the command prints to the events until the end marker; its status."""
+    patterns: list[re.Pattern[str] | re.Pattern[bytes] | str | bytes | type[pexpect.EOF] | type[pexpect.TIMEOUT]] = [
+        end_marker(nonce), re.compile(r"\r?\n"), pexpect.EOF, pexpect.TIMEOUT,
+    ]  # fmt: skip
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        index = child.expect(patterns, timeout=left)
+        before = child.before if isinstance(child.before, str) else ""
+        if index == 0:
+            if before:
+                events.emit(Output(before))  # the last text, without a newline of its own
+            match = child.match
+            assert isinstance(match, re.Match)
+            return int(match[1])
+        if index == 1:
+            events.emit(Output(before + "\n"))
+        elif index == 2:
+            raise BootFailed(
+                "the box ended before the command did (it powered off, or QEMU was killed)",
+                "see the run's transcript",
+                output=before,
+            )
+        else:
+            hint = "the command ran longer than --timeout; QEMU was stopped"
+            raise ConsoleTimeout("end of the command", timeout or 0.0, before, hint)

@@ -1,0 +1,196 @@
+"""Users of the dev box: the ``[[users]]`` tables of a config file, checked, and the files they need.
+
+A user has a name, supplementary groups, an optional login shell, an optional password
+*hash* (none: the account is locked, as useradd leaves it) and SSH public keys, given as
+strings and/or as files relative to the config file. ``sudo = true`` gives them a
+``/etc/sudoers.d/<name>`` file: ``NOPASSWD`` when the account has no password (sudo could
+never ask for one), a password-asking rule otherwise.
+
+Everything a user needs in the guest is a ``StagedFile`` (authorized_keys 0600 owned by the
+user, the sudoers file 0440, the chpasswd input as a secret); the guest commands that create
+the account take only checked names, quoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from provisioner import validate
+from provisioner.password import HASH_RE
+from provisioner.staged import StagedFile
+
+HOME = PurePosixPath("/home")
+SUDOERS_D = PurePosixPath("/etc/sudoers.d")
+PASSWORDS = PurePosixPath("/users.chpasswd")  # chpasswd -e input, staged as a secret
+AREA = "users"  # their files' subdirectory of the stage
+FIELDS = ("name", "groups", "sudo", "shell", "password_hash", "authorized_keys", "authorized_keys_files")
+KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)  # fmt: skip
+# An authorized_keys line: [options] type base64 [comment]. Options may hold quoted spaces.
+KEY_LINE_RE = re.compile(
+    r"^(?:(?P<options>\S.*?)\s+)?(?P<type>(?:" + "|".join(map(re.escape, KEY_TYPES)) + r")(?:-cert-v01@openssh\.com)?)"
+    r"\s+(?P<blob>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$"
+)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: tuple[str, ...] = ()
+    sudo: bool = False
+    shell: PurePosixPath | None = None  # None: useradd's default (/bin/bash on Arch)
+    password_hash: str = field(default="", repr=False)  # "": locked, no password login
+    authorized_keys: tuple[str, ...] = ()  # one authorized_keys line each
+    key: str = field(default="users", compare=False, repr=False)  # where it was configured, for errors
+
+    def __post_init__(self) -> None:
+        validate.user_name(self.name, f"{self.key}.name")
+        for i, group in enumerate(self.groups):
+            validate.account(group, f"{self.key}.groups[{i}]", "group name")
+        if len(set(self.groups)) != len(self.groups):
+            raise validate.refuse(f"{self.key}.groups", f"a group is listed twice in {list(self.groups)}", "list each once")
+        if self.shell is not None:
+            validate.guest_path(str(self.shell), f"{self.key}.shell")
+        if self.password_hash and not HASH_RE.fullmatch(self.password_hash):
+            # Not echoed: it is a secret, if a malformed one.
+            raise validate.refuse(
+                f"{self.key}.password_hash", "is not a crypt hash", "make one with: openssl passwd -6 (or leave it out: locked)"
+            )
+        for i, line in enumerate(self.authorized_keys):
+            check_key_line(line, f"{self.key}.authorized_keys[{i}]")
+
+    @property
+    def home(self) -> PurePosixPath:
+        return HOME / self.name
+
+    @property
+    def locked(self) -> bool:
+        return not self.password_hash
+
+    def staged_files(self) -> tuple[StagedFile, ...]:
+        """authorized_keys (0600, the user's, in a 0700 ~/.ssh the step creates) and the sudoers file (0440)."""
+        files = []
+        if self.authorized_keys:
+            keys = "".join(line + "\n" for line in self.authorized_keys)
+            files.append(StagedFile(self.home / ".ssh/authorized_keys", keys, 0o600, f"{self.name}:{self.name}", area=AREA))
+        if self.sudo:
+            files.append(StagedFile(SUDOERS_D / self.name, sudoers(self), 0o440, area=AREA))
+        return tuple(files)
+
+
+def sudoers(user: User) -> str:
+    """The sudoers.d rule: without a password sudo could never ask, so NOPASSWD; with one, it asks."""
+    rule = "ALL=(ALL:ALL) NOPASSWD: ALL" if user.locked else "ALL=(ALL:ALL) ALL"
+    why = "the account has no password" if user.locked else "sudo asks for the user's password"
+    return f"# Written by provision-arch ({user.key}.sudo = true; {why}).\n{user.name} {rule}\n"
+
+
+def check_key_line(line: Any, key: str) -> str:
+    """One authorized_keys line: a known key type with a blob that decodes to that type."""
+    text = validate.string(line, key, "an SSH public key line")
+    match = KEY_LINE_RE.fullmatch(text.strip())
+    if validate.CONTROL_RE.search(text.replace("\t", " ")) or not match:
+        hint = "a line of a .pub file, e.g. 'ssh-ed25519 AAAA… me@host'"
+        raise validate.refuse(key, f"not an SSH public key line: {text[:50]!r}", hint)
+    try:
+        fields = key_fields(base64.b64decode(match["blob"], validate=True))
+    except (binascii.Error, ValueError):
+        fields = []
+    if len(fields) < 2 or fields[0].decode("ascii", "replace") != match["type"]:
+        hint = "copy the whole line of the .pub file"
+        raise validate.refuse(key, f"the key data is not a {match['type']} key", hint)
+    return text.strip()
+
+
+def key_fields(blob: bytes) -> list[bytes]:
+    """The length-prefixed fields of an SSH public key blob (RFC 4253 6.6); ValueError if they do not add up."""
+    fields = []
+    while blob:
+        length = int.from_bytes(blob[:4], "big")
+        if len(blob) < 4 + length or length == 0:
+            raise ValueError("truncated key blob")
+        fields.append(blob[4 : 4 + length])
+        blob = blob[4 + length :]
+    return fields
+
+
+def read_key_file(path: Path, key: str) -> tuple[str, ...]:
+    """The key lines of an authorized_keys or .pub file; blank lines and comments are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise validate.refuse(key, f"cannot read {path}: {reason}", "paths are relative to the config file") from exc
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    return tuple(check_key_line(line, f"{key} ({path}, line {n})") for n, line in lines if line and not line.startswith("#"))
+
+
+def parse_users(value: Any, base: Path, key: str) -> tuple[User, ...]:
+    """The ``users`` key of a config file: a list of tables, ``[[users]]`` in TOML."""
+    if not isinstance(value, list):
+        raise validate.refuse(key, f"must be a list of tables ([[users]]), not {value!r}", "see README 'A dev box'")
+    return tuple(parse_user(item, base, f"{key}[{i}]") for i, item in enumerate(value))
+
+
+def parse_user(table: Any, base: Path, key: str) -> User:
+    if not isinstance(table, dict):
+        raise validate.refuse(key, f"must be a table with a name, not {table!r}", "[[users]]\nname = \"dev\"")
+    if unknown := sorted(set(table) - set(FIELDS)):
+        raise validate.refuse(key, f"unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(FIELDS)}")
+    if "name" not in table:
+        raise validate.refuse(key, "has no name", 'every [[users]] table needs name = "…"')
+    sudo = table.get("sudo", False)
+    if not isinstance(sudo, bool):
+        raise validate.refuse(f"{key}.sudo", f"must be true or false, not {sudo!r}", "sudo = true")
+    shell = table.get("shell")
+    keys = [check_key_line(line, f"{key}.authorized_keys[{i}]") for i, line in enumerate(strings(table, "authorized_keys", key))]
+    for i, name in enumerate(strings(table, "authorized_keys_files", key)):
+        keys.extend(read_key_file(base / Path(name).expanduser(), f"{key}.authorized_keys_files[{i}]"))
+    return User(
+        name=validate.string(table["name"], f"{key}.name", "a user name"),
+        groups=tuple(strings(table, "groups", key)),
+        sudo=sudo,
+        shell=validate.guest_path(shell, f"{key}.shell") if shell is not None else None,
+        password_hash=validate.string(table.get("password_hash", ""), f"{key}.password_hash", "a crypt hash"),
+        authorized_keys=tuple(keys),
+        key=key,
+    )
+
+
+def strings(table: dict[str, Any], name: str, key: str) -> list[str]:
+    value = table.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise validate.refuse(f"{key}.{name}", f"must be a list of strings, not {value!r}", f'{name} = ["…"]')
+    return value
+
+
+def check_users(users: Sequence[User], key: str = "users") -> None:
+    """What no single user can tell: names are unique, and a group that is another configured
+    user's own group names a user created before (useradd -U makes that group)."""
+    seen: set[str] = set()
+    names = [user.name for user in users]
+    for index, user in enumerate(users):
+        if user.name in seen:
+            raise validate.refuse(f"{user.key}.name", f"user {user.name!r} is configured twice", "one [[users]] table per user")
+        seen.add(user.name)
+        for group in user.groups:
+            if group in names[index:]:
+                raise validate.refuse(
+                    f"{user.key}.groups",
+                    f"group {group!r} is the own group of a user configured after {user.name!r} (or of itself)",
+                    f"list user {group!r} first; a user is always in its own group",
+                )
+
+
+def password_file(users: Sequence[User]) -> StagedFile | None:
+    """The chpasswd -e input for the users with a password hash; None when no user has one."""
+    lines = "".join(f"{user.name}:{user.password_hash}\n" for user in users if user.password_hash)
+    return StagedFile(PASSWORDS, lines, 0o600, secret=True) if lines else None
