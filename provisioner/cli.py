@@ -27,6 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from provisioner import __version__, preflight, state
+from provisioner.boot import RootFs, boot_command, describe
 from provisioner.config import (
     Accel,
     OptionField,
@@ -46,7 +47,7 @@ from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, boot_argv, resolve_accel, wrap
+from provisioner.qemu import Hardware, die_with_parent, resolve_accel
 from provisioner.session import Session
 
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODES.items())
@@ -257,19 +258,23 @@ def boot(
     memory: Annotated[int, typer.Option(metavar="MIB", help="Guest memory in MiB.")] = 2048,
     cpus: Annotated[int, typer.Option(metavar="N", help="Guest CPUs.")] = 2,
     accel: Annotated[Accel, typer.Option(help="auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.")] = Accel.AUTO,
+    fs: Annotated[
+        RootFs, typer.Option(help="How the root is shared: QEMU's 9p, or virtiofs (faster; needs virtiofsd, see doctor).")
+    ] = RootFs.NINEP,
 ) -> None:
-    """Boot TARGET with its 9p root; the serial console is this terminal (Ctrl-A X quits QEMU)."""
+    """Boot TARGET with its root shared from this directory; the serial console is this terminal (Ctrl-A X quits QEMU)."""
     with reporting("boot", target, json=False, verbose=False):
         if missing := preflight.problems([lambda: preflight.check_installed(target)]):
             raise UsageError(missing[0].message, missing[0].fix)
         if not print_only and (host := preflight.problems(preflight.host_checks())):
             raise HostError(host[0].message, host[0].fix)
         hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel))
-        argv = wrap(boot_argv(hw, target), as_root=preflight.is_root())
-    if print_only:
-        print(shlex.join(argv))
-        return
-    raise typer.Exit(subprocess.call(argv))
+        if print_only:
+            print(describe(target, hw, fs, as_root=preflight.is_root()))
+            return
+        with boot_command(target, hw, fs, as_root=preflight.is_root()) as argv:
+            status = subprocess.call(argv, preexec_fn=die_with_parent)
+    raise typer.Exit(status)
 
 
 @app.command(epilog=EPILOG, context_settings=CONTEXT)

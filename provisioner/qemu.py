@@ -36,6 +36,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 ROOT_APPEND = (
     f"root={MOUNT_TAG} rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
 )
+VIRTIOFS_APPEND = f"root={MOUNT_TAG} rw rootfstype=virtiofs console=ttyS0"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def qemu_value(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def _common(hw: Hardware, share: Path) -> list[str]:
+def _common(hw: Hardware, share: Path | None) -> list[str]:
     cpu = "host" if hw.accel is Accel.KVM else "max"
     return [
         QEMU,
@@ -60,7 +61,7 @@ def _common(hw: Hardware, share: Path) -> list[str]:
         "-m", str(hw.memory),
         "-smp", str(hw.cpus),
         "-rtc", "base=utc",
-        *share_argv(MOUNT_TAG, share),
+        *(share_argv(MOUNT_TAG, share) if share else []),
         "-netdev", "user,id=net0",
         "-device", "virtio-net-pci,netdev=net0",
         "-display", "none",
@@ -112,18 +113,34 @@ def install_argv(
     ]  # fmt: skip
 
 
-def boot_argv(hw: Hardware, target: Path) -> list[str]:
-    """The seed's second command: the installed system on its 9p root.
+def virtiofs_argv(memory: int, socket: Path) -> list[str]:
+    """The root over virtiofs: the virtiofsd listening on ``socket`` serves it.
+
+    vhost-user hands guest memory to virtiofsd, so all of it must be shareable: one memfd
+    backend as large as ``-m``, made the guest's only NUMA node.
+    """
+    return [
+        "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
+        "-numa", "node,memdev=mem",
+        "-chardev", f"socket,id=vfs,path={qemu_value(socket)}",
+        "-device", f"vhost-user-fs-pci,chardev=vfs,tag={MOUNT_TAG}",
+    ]  # fmt: skip
+
+
+def boot_argv(hw: Hardware, target: Path, virtiofs_socket: Path | None = None) -> list[str]:
+    """The seed's second command: the installed system on its 9p root, or with
+    ``virtiofs_socket`` on virtiofs (the virtiofsd listening there shares ``target``).
 
     The console is the user's terminal, multiplexed with the monitor: Ctrl-C goes to the
     guest, Ctrl-A X quits QEMU.
     """
     root = target.resolve()
     return [
-        *_common(hw, target),
+        *_common(hw, None if virtiofs_socket else target),
+        *(virtiofs_argv(hw.memory, virtiofs_socket) if virtiofs_socket else []),
         "-kernel", str(root / "boot/vmlinuz-linux"),
         "-initrd", str(root / "boot/initramfs-linux.img"),
-        "-append", ROOT_APPEND,
+        "-append", VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND,
         "-chardev", "stdio,id=console,mux=on,signal=off",
         "-serial", "chardev:console",
         "-mon", "chardev=console,mode=readline",
@@ -167,8 +184,8 @@ def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: if provision-arch dies (even by SIGKILL), QEMU gets SIGTERM."""
+def die_with_parent() -> None:
+    """In the child before exec: if provision-arch dies (even by SIGKILL), the child (QEMU, a helper) gets SIGTERM."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -210,7 +227,7 @@ class Machine:
                 codec_errors="replace",
                 timeout=None,
                 dimensions=(50, 200),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except pexpect.ExceptionPexpect as exc:
             raise HostError(
