@@ -19,7 +19,7 @@ from provisioner.qemu import Hardware, boot_argv, wrap
 from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
 
 # What --print shows in place of the socket a real boot creates.
-SOCKET_PLACEHOLDER = Path("$VIRTIOFSD_SOCKET")
+SOCKET_PLACEHOLDER = Path("SOCKET")
 
 
 class RootFs(StrEnum):

@@ -113,17 +113,18 @@ def install_argv(
     ]  # fmt: skip
 
 
-def virtiofs_argv(memory: int, socket: Path) -> list[str]:
-    """The root over virtiofs: the virtiofsd listening on ``socket`` serves it.
+def shared_memory_argv(memory: int) -> list[str]:
+    """Guest memory that virtiofsd can map: vhost-user hands it over, so all of it must be
+    shareable, one memfd backend as large as ``-m``, made the guest's only NUMA node."""
+    return ["-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on", "-numa", "node,memdev=mem"]
 
-    vhost-user hands guest memory to virtiofsd, so all of it must be shareable: one memfd
-    backend as large as ``-m``, made the guest's only NUMA node.
-    """
+
+def virtiofs_argv(tag: str, socket: Path) -> list[str]:
+    """A virtiofs device with mount tag ``tag``, served by the virtiofsd listening on ``socket``
+    (needs ``shared_memory_argv``)."""
     return [
-        "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
-        "-numa", "node,memdev=mem",
-        "-chardev", f"socket,id=vfs,path={qemu_value(socket)}",
-        "-device", f"vhost-user-fs-pci,chardev=vfs,tag={MOUNT_TAG}",
+        "-chardev", f"socket,id=vfs-{tag},path={qemu_value(socket)}",
+        "-device", f"vhost-user-fs-pci,chardev=vfs-{tag},tag={tag}",
     ]  # fmt: skip
 
 
@@ -137,7 +138,7 @@ def boot_argv(hw: Hardware, target: Path, virtiofs_socket: Path | None = None) -
     root = target.resolve()
     return [
         *_common(hw, None if virtiofs_socket else target),
-        *(virtiofs_argv(hw.memory, virtiofs_socket) if virtiofs_socket else []),
+        *([*shared_memory_argv(hw.memory), *virtiofs_argv(MOUNT_TAG, virtiofs_socket)] if virtiofs_socket else []),
         "-kernel", str(root / "boot/vmlinuz-linux"),
         "-initrd", str(root / "boot/initramfs-linux.img"),
         "-append", VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND,

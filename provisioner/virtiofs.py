@@ -33,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from provisioner.errors import HostError
-from provisioner.qemu import die_with_parent
+from provisioner.qemu import die_with_parent, wrap
 from provisioner.run import NotFound, run
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ INSTALL_HINT = "install virtiofsd (Debian 12: apt-get install qemu-system-common
 SOCKET_NAME = "virtiofsd.sock"
 # The kernel's default fs.nr_open: what "unlimited" means for open files.
 NR_OPEN = 1 << 20
+GRACE = 5.0  # seconds for a helper to end by itself before it is terminated
 
 
 class Flavour(StrEnum):
@@ -67,29 +68,44 @@ def flavour_of(help_text: str) -> Flavour | None:
     return None
 
 
-def probe(path: Path) -> Virtiofsd | None:
-    """The daemon at ``path``, if it runs and its ``--help`` is one we know."""
+def probe(path: Path, *, as_root: bool, reasons: list[str] | None = None) -> Virtiofsd | None:
+    """The daemon at ``path``, if its ``--help`` is one we know; else None, with the reason
+    appended to ``reasons``.
+
+    Asked where it will run: QEMU's C daemon drops supplementary groups before it even
+    parses its options, which fails outside a user namespace when we are not root.
+    """
+    reasons = [] if reasons is None else reasons
     try:
-        result = run([str(path), "--help"], timeout=10)
-    except (NotFound, OSError, subprocess.TimeoutExpired):
+        result = run(wrap([str(path), "--help"], as_root=as_root), timeout=10)
+    except (NotFound, OSError, subprocess.TimeoutExpired) as exc:
+        reasons.append(f"{path}: {exc}")
         return None
-    flavour = flavour_of(result.stdout + result.stderr)
-    return Virtiofsd(path, flavour) if flavour else None
+    said = result.stdout + result.stderr
+    if flavour := flavour_of(said):
+        return Virtiofsd(path, flavour)
+    last = said.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+    reasons.append(f"{path} --help: {last[0]}")
+    return None
 
 
-def find_virtiofsd(candidates: Sequence[Path] = CANDIDATES) -> Virtiofsd | None:
-    """The first usable virtiofsd: the distributions' places, then PATH."""
+def find_virtiofsd(candidates: Sequence[Path] | None = None, *, as_root: bool | None = None,
+                   reasons: list[str] | None = None) -> Virtiofsd | None:  # fmt: skip
+    """The first usable virtiofsd: the distributions' places (``CANDIDATES``), then PATH."""
+    as_root = os.geteuid() == 0 if as_root is None else as_root
     on_path = shutil.which("virtiofsd")
-    for path in [*candidates, *([Path(on_path)] if on_path else [])]:
-        if os.access(path, os.X_OK) and path.is_file() and (found := probe(path)):
+    for path in [*(CANDIDATES if candidates is None else candidates), *([Path(on_path)] if on_path else [])]:
+        if os.access(path, os.X_OK) and path.is_file() and (found := probe(path, as_root=as_root, reasons=reasons)):
             return found
     return None
 
 
 def require_virtiofsd() -> Virtiofsd:
-    daemon = find_virtiofsd()
+    reasons: list[str] = []
+    daemon = find_virtiofsd(reasons=reasons)
     if daemon is None:
-        raise HostError("no virtiofsd found (looked in /usr/lib/qemu, /usr/libexec and PATH)", INSTALL_HINT)
+        why = f": {'; '.join(reasons)}" if reasons else ""
+        raise HostError(f"no usable virtiofsd (looked in /usr/lib/qemu, /usr/libexec and PATH){why}", INSTALL_HINT)
     return daemon
 
 
@@ -175,7 +191,7 @@ def user_namespace() -> Iterator[list[str]]:
     finally:
         if holder.stdin is not None:
             holder.stdin.close()
-        _end(holder, 5)
+        _end(holder, GRACE)
         for stream in (holder.stdout, holder.stderr):
             if stream is not None:
                 stream.close()
@@ -211,7 +227,7 @@ def start_virtiofsd(daemon: Virtiofsd, source: Path, enter: Sequence[str] = ()) 
         try:
             yield path
         finally:
-            status = _end(process, 5)
+            status = _end(process, GRACE)
         if status not in (0, -signal.SIGTERM):
             said = (runtime / "virtiofsd.log").read_text(errors="replace").strip().splitlines()
             raise HostError(

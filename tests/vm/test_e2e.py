@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,85 +25,12 @@ from provisioner.config import build
 from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
+from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_processes
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).parents[2]
-USER = "provision-e2e"
-VENV = Path("/opt/provision-arch-e2e/venv")
 PASSWORD = "e2e-Pass-w0rd"  # the throwaway test box's root password
 HOSTNAME = "e2e-box"
-TIMES: dict[str, float] = {}
-
-
-@dataclass(frozen=True)
-class E2EUser:
-    name: str
-    uid: int
-    gid: int
-    subuid: int
-    subgid: int
-
-
-def first_range(path: Path, user: E2EUser | str) -> int:
-    name = user if isinstance(user, str) else user.name
-    for line in path.read_text().splitlines():
-        owner, start, count = line.split(":")
-        if owner == name and int(count) >= 65536:
-            return int(start)
-    raise LookupError(f"no range for {name} in {path}")
-
-
-@pytest.fixture(scope="module")
-def user() -> E2EUser:
-    if os.geteuid() != 0:
-        pytest.skip("the end-to-end setup creates a user: run as root")
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
-    for kind, flag in (("subuid", "--add-subuids"), ("subgid", "--add-subgids")):
-        try:
-            first_range(Path("/etc") / kind, USER)
-        except LookupError:
-            subprocess.run(["usermod", flag, "300000-365535", USER], check=True)
-    entry = pwd.getpwnam(USER)
-    return E2EUser(
-        USER, entry.pw_uid, entry.pw_gid, first_range(Path("/etc/subuid"), USER), first_range(Path("/etc/subgid"), USER)
-    )
-
-
-@pytest.fixture(scope="module")
-def cli(user: E2EUser) -> Path:
-    """The CLI installed from this checkout into a venv outside root's closed home."""
-    started = time.monotonic()
-    if not (VENV / "bin/python").exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
-    subprocess.run(
-        [str(VENV / "bin/pip"), "install", "-q", "--force-reinstall", "--no-deps", str(ROOT)], check=True, capture_output=True
-    )
-    subprocess.run([str(VENV / "bin/pip"), "install", "-q", str(ROOT)], check=True, capture_output=True)
-    TIMES["install the CLI"] = time.monotonic() - started
-    return VENV / "bin/provision-arch"
-
-
-@pytest.fixture(scope="module")
-def workdir(user: E2EUser) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="provision-arch-e2e-", dir="/var/tmp"))
-    os.chown(path, user.uid, user.gid)
-    yield path
-    # The tree holds files owned by the user's subordinate ids: remove it as root.
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def as_user(user: E2EUser, workdir: Path, argv: list[str]) -> list[str]:
-    env = [
-        f"HOME={workdir}",
-        f"XDG_CACHE_HOME={workdir}/cache",
-        "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-        "LANG=C.UTF-8",
-    ]
-    return ["runuser", "-u", user.name, "--", "env", "-i", *env, *argv]
 
 
 @dataclass(frozen=True)
@@ -116,18 +39,6 @@ class Installed:
     result: subprocess.CompletedProcess[str]
     events: list[dict[str, Any]]
     most_qemus: int  # the most QEMU processes of the user seen at once during the install
-
-
-def user_qemus(uid: int) -> int:
-    """How many qemu-system-x86_64 processes run as ``uid`` right now."""
-    count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if proc.stat().st_uid == uid and (proc / "comm").read_text().strip().startswith("qemu-system-x86"):
-                count += 1
-        except OSError:
-            continue
-    return count
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +61,7 @@ def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Ins
         err_reader.start()
         # Sample the process list while it runs: one QEMU at a time, never two.
         while child.poll() is None and time.monotonic() - started < 2400:
-            most = max(most, user_qemus(user.uid))
+            most = max(most, len(user_processes(user.uid, "qemu-system-x86")))
             time.sleep(0.5)
         reader.join()
         err_reader.join()
