@@ -28,6 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from provisioner import __version__, preflight, state
+from provisioner.boot import RootFs, boot_command, describe
 from provisioner.config import (
     Accel,
     OptionField,
@@ -47,7 +48,7 @@ from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, boot_argv, parse_forward, resolve_accel, wrap
+from provisioner.qemu import Hardware, die_with_parent, parse_forward, resolve_accel
 from provisioner.runbox import TRANSCRIPT, RunRequest, run_in_box
 from provisioner.session import STATE, Session
 
@@ -245,22 +246,22 @@ def install(
         session = Session.create(cfg, resuming=resume is not None)
         manifest = provision(session, events, cache_home(), resume, expected)
         wall = time.monotonic() - started - prompt_seconds
-        boot_command = f"provision-arch boot {shlex.quote(str(target))}"
+        boot_line = f"provision-arch boot {shlex.quote(str(target))}"
         events.emit(
             Result(
                 "ok",
-                f"Installed Arch Linux into {cfg.target}. Boot it with: {boot_command}",
+                f"Installed Arch Linux into {cfg.target}. Boot it with: {boot_line}",
                 round(wall, 3),
                 {
                     "target": str(cfg.target),
                     "transcript": str(session.transcript),
                     "manifest": str(manifest),
-                    "boot": boot_command,
+                    "boot": boot_line,
                 },
             )
         )
     if not json:
-        print(boot_command)  # stdout: the one thing a script may want
+        print(boot_line)  # stdout: the one thing a script may want
 
 
 @app.command(epilog=EPILOG, context_settings=CONTEXT)
@@ -279,17 +280,22 @@ def boot(
     memory: Memory = 2048,
     cpus: Cpus = 2,
     accel: AccelOption = Accel.AUTO,
+    fs: Annotated[
+        RootFs, typer.Option(help="How the root is shared: QEMU's 9p, or virtiofs (faster; needs virtiofsd, see doctor).")
+    ] = RootFs.NINEP,
 ) -> None:
-    """Boot TARGET with its 9p root; the serial console is this terminal (Ctrl-A X quits QEMU)."""
+    """Boot TARGET with its root shared from this directory; the serial console is this terminal (Ctrl-A X quits QEMU)."""
     with reporting("boot", target, json=False, verbose=False):
         forwards = [parse_forward(ssh_port)] if ssh_port else []
         preflight.check_box(target, start=not print_only)
         hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel))
-        argv = wrap(boot_argv(hw, target, forwards), as_root=preflight.is_root())
-    if print_only:
-        print(shlex.join(argv))
-        return
-    raise typer.Exit(subprocess.call(argv))
+        root = preflight.is_root()
+        if print_only:
+            print(describe(target, hw, fs, as_root=root, forwards=forwards))
+            return
+        with boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
+            status = subprocess.call(argv, preexec_fn=die_with_parent)
+    raise typer.Exit(status)
 
 
 RUN_EPILOG = (

@@ -133,6 +133,10 @@ class Console:
         # login and zsh start (they would all run later). An odd prompt only costs time.
         with contextlib.suppress(ConsoleTimeout):
             self.expect({"prompt": r"[#$%] "}, 60, "a prompt after logging in as root")
+        self.clean_shell()
+
+    def clean_shell(self) -> None:
+        """From a logged-in shell of any kind, reach the clean one ``run`` talks to."""
         self._await_shell("PA_READY", "a shell after logging in as root")
         # bash without rc files and readline: no colours, no bracketed paste, no right prompt.
         # zsh may have read ahead past `exec`: whatever it read is lost, so nothing more is

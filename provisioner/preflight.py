@@ -7,6 +7,7 @@ KVM that hangs: the install falls back to TCG).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -22,6 +23,7 @@ from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
 from provisioner.run import NotFound, run
 from provisioner.session import LOCK, STATE, busy, held_by_another
+from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
 
 KVM_PROBE = 20.0  # seconds for a KVM guest's kernel to speak; under working KVM it takes well under one
 MIN_FREE = 2 << 30  # an Arch base with a kernel takes about 1.5 GiB
@@ -284,6 +286,19 @@ def probe_kernels(cache: Path) -> tuple[Path, ...]:
     return (*sorted(cache.glob("boot/*/vmlinuz-linux")), *sorted(Path("/boot").glob("vmlinuz-*"), reverse=True))
 
 
+def check_virtiofs(find: Callable[[], Virtiofsd | None] = find_virtiofsd) -> Iterator[Problem]:
+    """``boot --fs virtiofs`` needs a virtiofsd and a QEMU with vhost-user-fs; 9p needs neither,
+    so a missing part is only a warning."""
+    if find() is None:
+        yield Problem("no virtiofsd: `provision-arch boot --fs virtiofs` cannot run (9p boots still work)", INSTALL_HINT, False)
+        return
+    with contextlib.suppress(NotFound, subprocess.TimeoutExpired):
+        result = run([QEMU, "-device", "help"])
+        if "vhost-user-fs-pci" not in result.stdout + result.stderr:
+            yield Problem(f"{QEMU} has no vhost-user-fs-pci device: `boot --fs virtiofs` cannot run",
+                          "install a QEMU built with vhost-user, e.g. Debian's qemu-system-x86", False)  # fmt: skip
+
+
 def check_installed(target: Path) -> Iterator[Problem]:
     for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
         if not (target / name).is_file():
@@ -327,6 +342,7 @@ CHECKS: tuple[Check, ...] = (
     Check("iso", "the ISO file", lambda host: check_iso(host.iso) if host.iso else iter(()), lambda host: host.iso is not None),
     Check("gpgv", "gpgv for ISO signatures", lambda host: check_gpgv()),
     Check("kvm", "KVM acceleration", lambda host: check_kvm(probe_kernels(host.cache) if host.cache else ()), doctor_only=True),
+    Check("virtiofs", "virtiofsd for boot --fs virtiofs", lambda host: check_virtiofs(), doctor_only=True),
 )
 
 

@@ -42,6 +42,7 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 ROOT_APPEND = (
     f"root={MOUNT_TAG} rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
 )
+VIRTIOFS_APPEND = f"root={MOUNT_TAG} rw rootfstype=virtiofs console=ttyS0"
 
 
 LOOPBACK = "127.0.0.1"
@@ -91,7 +92,7 @@ def qemu_value(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def _common(hw: Hardware, share: Path, forwards: Sequence[Forward] = ()) -> list[str]:
+def _common(hw: Hardware, share: Path | None, forwards: Sequence[Forward] = ()) -> list[str]:
     cpu = "host" if hw.accel is Accel.KVM else "max"
     return [
         QEMU,
@@ -101,7 +102,7 @@ def _common(hw: Hardware, share: Path, forwards: Sequence[Forward] = ()) -> list
         "-m", str(hw.memory),
         "-smp", str(hw.cpus),
         "-rtc", "base=utc",
-        *share_argv(MOUNT_TAG, share),
+        *(share_argv(MOUNT_TAG, share) if share else []),
         "-netdev", netdev(forwards),
         "-device", "virtio-net-pci,netdev=net0",
         "-display", "none",
@@ -180,11 +181,31 @@ def install_argv(
     ]  # fmt: skip
 
 
-def _installed(hw: Hardware, target: Path, append: str, forwards: Sequence[Forward]) -> list[str]:
-    """The installed system's kernel and initramfs, booted on its 9p root."""
-    root = target.resolve()
+def shared_memory_argv(memory: int) -> list[str]:
+    """Guest memory that virtiofsd can map: vhost-user hands it over, so all of it must be
+    shareable, one memfd backend as large as ``-m``, made the guest's only NUMA node."""
+    return ["-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on", "-numa", "node,memdev=mem"]
+
+
+def virtiofs_argv(tag: str, socket: Path) -> list[str]:
+    """A virtiofs device with mount tag ``tag``, served by the virtiofsd listening on ``socket``
+    (needs ``shared_memory_argv``)."""
     return [
-        *_common(hw, target, forwards),
+        "-chardev", f"socket,id=vfs-{tag},path={qemu_value(socket)}",
+        "-device", f"vhost-user-fs-pci,chardev=vfs-{tag},tag={tag}",
+    ]  # fmt: skip
+
+
+def _installed(
+    hw: Hardware, target: Path, append: str, forwards: Sequence[Forward], virtiofs_socket: Path | None = None
+) -> list[str]:
+    """The installed system's kernel and initramfs, booted on its 9p root, or on virtiofs when a
+    virtiofsd listens on ``virtiofs_socket`` (it shares ``target`` then, not QEMU)."""
+    root = target.resolve()
+    virtiofs = [*shared_memory_argv(hw.memory), *virtiofs_argv(MOUNT_TAG, virtiofs_socket)] if virtiofs_socket else []
+    return [
+        *_common(hw, None if virtiofs_socket else target, forwards),
+        *virtiofs,
         "-kernel", str(root / "boot/vmlinuz-linux"),
         "-initrd", str(root / "boot/initramfs-linux.img"),
         "-append", append,
@@ -192,14 +213,17 @@ def _installed(hw: Hardware, target: Path, append: str, forwards: Sequence[Forwa
     ]  # fmt: skip
 
 
-def boot_argv(hw: Hardware, target: Path, forwards: Sequence[Forward] = ()) -> list[str]:
-    """The seed's second command: the installed system on its 9p root.
+def boot_argv(
+    hw: Hardware, target: Path, forwards: Sequence[Forward] = (), virtiofs_socket: Path | None = None
+) -> list[str]:
+    """The seed's second command: the installed system on its 9p root, or with
+    ``virtiofs_socket`` on virtiofs (the virtiofsd listening there shares ``target``).
 
     The console is the user's terminal, multiplexed with the monitor: Ctrl-C goes to the
     guest, Ctrl-A X quits QEMU.
     """
     return [
-        *_installed(hw, target, ROOT_APPEND, forwards),
+        *_installed(hw, target, VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND, forwards, virtiofs_socket),
         "-chardev", "stdio,id=console,mux=on,signal=off",
         "-serial", "chardev:console",
         "-mon", "chardev=console,mode=readline",
@@ -254,8 +278,8 @@ def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: if provision-arch dies (even by SIGKILL), QEMU gets SIGTERM."""
+def die_with_parent() -> None:
+    """In the child before exec: if provision-arch dies (even by SIGKILL), the child (QEMU, a helper) gets SIGTERM."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -297,7 +321,7 @@ class Machine:
                 codec_errors="replace",
                 timeout=None,
                 dimensions=(50, 200),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except pexpect.ExceptionPexpect as exc:
             raise HostError(

@@ -1,86 +1,434 @@
-"""`make bench`: figures for the parts whose speed users feel. Prints, asserts nothing.
+"""`make bench`: the figures whose speed users feel, measured side by side in one run.
 
-- console round trip: commands per second through the driver on a local bash (the floor
-  under every guest step);
-- ISO reading: pycdlib open + extraction of kernel and initramfs, cold and cached;
-- with BENCH_VM=1 (as root): one full install on the offline stand-in, per step.
+On the offline stand-in (built as root the first time), in this order:
+
+1. console: a command's round trip through the driver (``Console.run``) vs raw pexpect on
+   the same shell, on a local bash and in the booted box;
+2. install: one full install, per step from its ``--json`` events, and the orchestration
+   overhead (wall time minus the sum of the steps; the process time adds interpreter start);
+3. boot: QEMU's start to the first command's answer vs the kernel's own boot time (dmesg
+   timestamps), for the box on a 9p root and on a virtiofs root;
+4. shares: one guest session with host directories mounted side by side (9p
+   ``cache=mmap``, 9p ``cache=loose``, virtiofs; the guest's tmpfs as the floor): extract
+   one tar of BENCH_FILES (2000) small files, stat every one of them (what ``git status``
+   does) with the guest's caches dropped and warm, create and remove half as many empty
+   files; each workload runs on every mount in turn, so that a comparison is never split
+   by minutes of other people's load; the host's own tar, walk and creation for scale;
+5. root: the stat walks (over the same tree, made on the host) and the creation on the
+   booted box's own root, on 9p (``cache=mmap``) and on virtiofs.
+
+Prints a table (the README's "Measured" section is a copy) and writes it as JSON to
+``bench-results.json`` (``BENCH_OUT`` to change). Every figure carries the machine (nproc,
+CPU model), the accelerator and the date; the load average before and after and the other
+QEMUs running say how noisy the machine was. No fixed sleeps: every wait is on the console.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import platform
+import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pexpect
 
-from provisioner.console import Console
+from provisioner.boot import RootFs
+from provisioner.config import Accel
+from provisioner.console import Console, Transcript
 from provisioner.iso import read_boot_files
+from provisioner.qemu import QEMU, Hardware, Machine, boot_argv, resolve_accel, share_argv, shared_memory_argv, virtiofs_argv
+from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namespace
 
+ROOT = Path(__file__).parents[1]
 FAKE = Path(__file__).parent / "console/fake_archiso.sh"
+OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench-results.json"))
+PASSWORD = "bench-Pw-0"  # the throwaway bench box's root password
+PACKAGES = "base linux mkinitcpio"
+FILES = int(os.environ.get("BENCH_FILES", "2000"))  # small files in the workload's tar
+CREATES = FILES // 2  # empty files created and removed: a create and an unlink each
+TAR = "/root/bench.tar"  # where the box finds it (copied to its tmpfs before use)
+# The mounts of the shares section: name -> (how it is shared, guest mount options).
+NINEP = "trans=virtio,version=9p2000.L,msize=512000,posixacl"
+SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loose": (RootFs.NINEP, f"{NINEP},cache=loose"),
+          "virtiofs": (RootFs.VIRTIOFS, "")}  # fmt: skip
 
 
-def bench_console(commands: int = 200) -> None:
+@dataclass
+class Figure:
+    section: str
+    what: str
+    value: float
+    unit: str
+    note: str = ""
+    column: str = ""  # the file system, for the sections shown as a workload x file system table
+
+
+@dataclass
+class Results:
+    machine: dict[str, object]
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, section: str, what: str, value: float, unit: str = "s", note: str = "", column: str = "") -> None:
+        figure = Figure(section, what, round(value, 4), unit, note, column)
+        self.figures.append(figure)
+        print(f"  {section:<12} {what:<44} {column:<16} {shown(figure):>10}  {note}", flush=True)
+
+
+def shown(figure: Figure) -> str:
+    if figure.unit == "ms":
+        return f"{figure.value:.2f} ms"
+    if figure.unit == "s":
+        return f"{figure.value:.1f} s" if figure.value >= 10 else f"{figure.value:.2f} s"
+    return f"{figure.value:g} {figure.unit}"
+
+
+def machine(accel: Accel) -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")  # fmt: skip
+    qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "accel": accel.value,
+        "host_kernel": platform.release(),
+        "qemu": qemu,
+        "load_before": [round(load, 2) for load in os.getloadavg()],
+        "other_qemus_before": len(qemus()),
+    }
+
+
+def qemus() -> list[int]:
+    """Every QEMU on this machine (other people's VMs make the figures noisy)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().startswith("qemu-system"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+# -- 1. console round trip ------------------------------------------------------------------
+
+
+def raw_round_trip(con: Console) -> None:
+    """What pexpect alone costs: send, wait for the same prompt; no failure patterns, no parsing."""
+    con.child.send("true\r")
+    con.child.expect(con.prompt_re)
+
+
+def bench_round_trips(results: Results, con: Console, where: str, commands: int) -> None:
+    driver = [timed(lambda: con.run("true")) for _ in range(commands)]
+    raw = [timed(lambda: raw_round_trip(con)) for _ in range(commands)]
+    for name, samples in (("driver", driver), ("raw pexpect", raw)):
+        p95 = sorted(samples)[int(len(samples) * 0.95)]
+        results.add("console", f"round trip, {where}: {name}", statistics.median(samples) * 1000, "ms",
+                    f"median of {commands}; p95 {p95 * 1000:.2f} ms")  # fmt: skip
+
+
+def bench_local_console(results: Results) -> None:
     child = pexpect.spawn("bash", [str(FAKE), "bash"], encoding="utf-8", timeout=None)
-    con = Console(child)
-    con.login(boot_timeout=10)
-    samples = []
-    for _ in range(commands):
-        started = time.perf_counter()
-        con.run("true")
-        samples.append(time.perf_counter() - started)
-    child.close(force=True)
-    print(f"console round trip (local bash): median {statistics.median(samples) * 1000:.2f} ms, "
-          f"p95 {sorted(samples)[int(len(samples) * 0.95)] * 1000:.2f} ms over {commands} commands")  # fmt: skip
+    try:
+        con = Console(child)
+        con.login(boot_timeout=10)
+        bench_round_trips(results, con, "local bash", 200)
+    finally:
+        child.close(force=True)
 
 
-def bench_iso(iso: Path) -> None:
-    with tempfile.TemporaryDirectory() as cache:
-        for label in ("cold", "cached"):
-            started = time.perf_counter()
-            read_boot_files(iso, Path(cache))
-            print(
-                f"ISO read ({label}): {(time.perf_counter() - started) * 1000:.0f} ms  [{iso.stat().st_size / 2**20:.0f} MiB ISO]"
-            )
+# -- 2. install -------------------------------------------------------------------------------
 
 
 def standin() -> Path:
-    out = subprocess.run([sys.executable, "-m", "tests.standin.build"], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "tests.standin.build"], check=True, capture_output=True, text=True, cwd=ROOT)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def bench_install(iso: Path) -> None:
+def bench_iso(results: Results, iso: Path, work: Path) -> None:
+    for label in ("cold", "cached"):
+        seconds = timed(lambda: read_boot_files(iso, work / "iso-cache"))
+        size = f"{iso.stat().st_size >> 20} MiB ISO"
+        results.add("iso", f"read kernel and initramfs from the ISO ({label})", seconds, note=size)
+
+
+def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path:
     """One install on the stand-in, read from its --json events: each step, their sum, the wall time."""
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
-        pw = Path(work) / "pw"
-        pw.write_text("bench\n")
-        argv = [sys.executable, "-m", "provisioner", f"{work}/base", "--iso", str(iso), "--password-file", str(pw),
-                "--packages", "base linux mkinitcpio", "--accel", "tcg", "--json"]  # fmt: skip
+    base, password = work / "base", work / "root-password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    argv = [sys.executable, "-m", "provisioner", str(base), "--iso", str(iso), "--password-file", str(password),
+            "--packages", PACKAGES, "--accel", accel.value, "--json"]  # fmt: skip
+    # A cache of its own: every run downloads the same (from the ISO), none profits from an earlier one.
+    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+    with (work / "install.stderr").open("w") as stderr:
         started = time.perf_counter()
-        out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-        outside = time.perf_counter() - started
-    events = [json.loads(line) for line in out.splitlines()]
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT, check=False)
+        process = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"bench: the install failed (exit {done.returncode}); see {work / 'install.stderr'}")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
     steps = [(e["step"], e["seconds"]) for e in events if e["type"] == "step-finished"]
     for step, seconds in steps:
-        print(f"  {step:<18} {seconds:7.1f} s")
+        results.add("install", f"step {step}", seconds)
     total, wall = sum(seconds for _, seconds in steps), events[-1]["seconds"]
-    print(f"install on the stand-in: steps {total:.1f} s, wall {wall:.1f} s ({100 * (wall - total) / wall:+.1f} % unaccounted), "
-          f"process {outside:.1f} s (with interpreter start and the host checks' probes)")  # fmt: skip
+    results.add("install", "sum of the steps", total)
+    results.add("install", "wall time (result event)", wall, note=f"{wall - total:+.2f} s outside any step")
+    results.add("install", "process time", process, note="with interpreter start and the host checks")
+    return base
+
+
+# -- 3.-5. the booted box ---------------------------------------------------------------------
+
+
+def workload_tar(path: Path) -> Path:
+    """~FILES small files (64 B-4 KiB) in 40 directories, always the same bytes."""
+    rng = random.Random(11)
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(FILES):
+            data = rng.randbytes(rng.randint(64, 4096))
+            info = tarfile.TarInfo(f"tree/d{i % 40:02d}/f{i:04d}.txt")
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@dataclass
+class Box:
+    con: Console
+    machine: Machine
+
+    def run(self, command: str, timeout: float = 1800) -> str:
+        return self.con.check(command, timeout)
+
+    def timed(self, command: str, timeout: float = 1800) -> tuple[float, str]:
+        started = time.perf_counter()
+        out = self.run(command, timeout)
+        return time.perf_counter() - started, out
+
+
+@contextmanager
+def booted(base: Path, hw: Hardware, root: RootFs, shares: dict[str, tuple[RootFs, Path]], results: Results) -> Iterator[Box]:
+    """Boot the box on ``root`` with extra host directories (tag -> how, path), log in, record
+    the boot figures; QEMU, then the virtiofsd processes and the namespace end on the way out."""
+    as_root = os.geteuid() == 0
+    with ExitStack() as stack:
+        # Unprivileged, every virtiofsd and QEMU share one user namespace, as `provision-arch boot` does.
+        enter = [] if as_root else stack.enter_context(user_namespace())
+        daemon = require_virtiofsd()
+
+        def served(path: Path) -> Path:
+            return stack.enter_context(start_virtiofsd(daemon, path, enter))
+
+        argv = boot_argv(hw, base, virtiofs_socket=served(base) if root is RootFs.VIRTIOFS else None)
+        if root is RootFs.NINEP and any(how is RootFs.VIRTIOFS for how, _ in shares.values()):
+            argv += shared_memory_argv(hw.memory)
+        for tag, (how, path) in shares.items():
+            argv += share_argv(tag, path) if how is RootFs.NINEP else virtiofs_argv(tag, served(path))
+        transcript = stack.enter_context(transcript_of(base.parent / f"boot-{root.value}.log"))
+        machine = stack.enter_context(Machine(enter + argv if enter else argv, logfile=transcript, shutdown_grace=120))
+        started = time.perf_counter()
+        con = Console(machine.launch())
+        con.expect({"login": r"login: "}, 600, "the box's login prompt")
+        at_login = time.perf_counter() - started
+        con.child.send("root\r")
+        con.expect({"password": "Password: "}, 60, "the password prompt")
+        con.child.send(PASSWORD + "\r")
+        if con.expect({"shell": r"[#$] ", "refused": "Login incorrect"}, 120, "a shell after the password") == "refused":
+            sys.exit(f"bench: the box refused the password; see {transcript.path}")
+        con.clean_shell()
+        uptime = float(con.check("cat /proc/uptime").split()[0])
+        first = time.perf_counter() - started
+        dmesg = con.check("dmesg")
+        stamps = [float(s) for s in re.findall(r"^\[\s*(\d+\.\d+)\]", dmesg, re.M)]
+        init = re.search(r"^\[\s*(\d+\.\d+)\] Run /init as init process", dmesg, re.M)
+        column = f"{root.value} root"
+        results.add("boot", "QEMU start to the login prompt", at_login, column=column)
+        results.add("boot", "QEMU start to the first command's answer", first, column=column)
+        results.add("boot", "guest uptime at that command (kernel clock)", uptime, column=column)
+        if init:
+            results.add("boot", "kernel boot (dmesg: Run /init)", float(init[1]), column=column)
+        results.add("boot", "last kernel message (dmesg)", max(stamps), column=column)
+        yield Box(con, machine)
+        con.child.send("poweroff\r")
+        machine.shutdown()
+
+
+@contextmanager
+def transcript_of(path: Path) -> Iterator[Transcript]:
+    transcript = Transcript(path, redact=(PASSWORD,))
+    try:
+        yield transcript
+    finally:
+        transcript.close()
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a workload runs: a name (the table's column), an empty guest directory on the
+    file system measured, and that directory on the host when it is shared."""
+
+    name: str
+    guest: str
+    host: Path | None = None
+
+
+def extraction(results: Results, section: str, box: Box, places: list[Place]) -> None:
+    """Extract the tar into each place in turn; check that the files reached the host.
+
+    A time is what a user waits for: until the command returns. What a cache defers is not
+    in it: the ``sync`` after it is timed apart (it also means different things: over
+    virtiofs it makes the host flush its own disk).
+    """
+    for place in places:
+        seconds, _ = box.timed(f"mkdir -p {place.guest}/x && tar -xf /tmp/bench.tar -C {place.guest}/x")
+        flush, _ = box.timed("sync")
+        if place.host is not None:
+            landed = sum(1 for p in (place.host / "x").rglob("*") if p.is_file())
+            assert landed == FILES, f"{place.name}: {landed} of {FILES} files on the host"
+        results.add(section, f"extract {FILES} files (tar -x)", seconds, column=place.name)
+        results.add(section, "then sync (what a cache deferred)", flush, column=place.name)
+
+
+def walks(results: Results, section: str, box: Box, places: list[Place]) -> None:
+    """What `git status` does: a stat of every file, with the guest's caches dropped, then
+    warm (the median of three: the warm walks are short and the machine is shared)."""
+    for place in places:
+        box.run("sync && echo 3 > /proc/sys/vm/drop_caches")
+        seconds, out = box.timed(f"find {place.guest}/x -type f -size +0c | wc -l")
+        assert out.split()[-1] == str(FILES), f"{place.name}: {out}"
+        results.add(section, f"stat walk over {FILES} files, guest caches dropped", seconds, column=place.name)
+    for place in places:
+        warm = [box.timed(f"find {place.guest}/x -type f -size +0c | wc -l")[0] for _ in range(3)]
+        results.add(section, f"stat walk over {FILES} files, warm", statistics.median(warm), column=place.name)
+
+
+def creation(results: Results, section: str, box: Box, places: list[Place]) -> None:
+    """Create and remove CREATES empty files: a metadata operation each, no data."""
+    for place in places:
+        loop = f"i=0 && while [ $i -lt {CREATES} ]; do : > {place.guest}/c/f$i; i=$((i+1)); done"
+        seconds, _ = box.timed(f"mkdir {place.guest}/c && {loop} && rm -r {place.guest}/c")
+        results.add(section, f"create and remove {CREATES} empty files", seconds, column=place.name)
+
+
+def bench_host(results: Results, tar: Path, work: Path) -> None:
+    """The host's own tar, walk and creation on the same tree: the floor under any sharing."""
+    tree = work / "host"
+    (tree / "x").mkdir(parents=True)
+    extract = timed(lambda: subprocess.run(["tar", "-xf", str(tar), "-C", str(tree / "x")], check=True))
+    results.add("shares", f"extract {FILES} files (tar -x)", extract, column="host")
+    walk = ["find", str(tree / "x"), "-type", "f", "-size", "+0c"]
+    warm = [timed(lambda: subprocess.run(walk, check=True, capture_output=True)) for _ in range(3)]
+    results.add("shares", f"stat walk over {FILES} files, warm", statistics.median(warm), column="host")
+
+    def create() -> None:
+        (tree / "c").mkdir()
+        for i in range(CREATES):
+            (tree / "c" / f"f{i}").touch()
+        shutil.rmtree(tree / "c")
+
+    results.add("shares", f"create and remove {CREATES} empty files", timed(create), column="host")
+
+
+def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
+    hw = Hardware(memory=2048, cpus=2, accel=accel)
+    tar = workload_tar(base / TAR.lstrip("/"))
+    # The tree the root section walks, made on the host as a checkout would be (not timed).
+    (base / "root/bench/x").mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(tar), "-C", str(base / "root/bench/x")], check=True)
+    places = [Place("guest tmpfs", "/tmp/bench")]
+    shares = {}
+    for i, (name, (how, _)) in enumerate(SHARES.items()):
+        (work / f"share{i}").mkdir()
+        shares[f"share{i}"] = (how, work / f"share{i}")
+        places.append(Place(name, f"/mnt/share{i}", work / f"share{i}"))
+    with booted(base, hw, RootFs.NINEP, shares, results) as box:
+        bench_round_trips(results, box.con, "booted box", 100)
+        box.run(f"cp {TAR} /tmp/bench.tar && mkdir -p /tmp/bench")
+        for i, (how, options) in enumerate(SHARES.values()):
+            mount = f"mount -t 9p -o {options}" if how is RootFs.NINEP else "mount -t virtiofs"
+            box.run(f"mkdir -p /mnt/share{i} && {mount} share{i} /mnt/share{i}")
+        extraction(results, "shares", box, places)
+        walks(results, "shares", box, places)
+        creation(results, "shares", box, places)
+        root = [Place("9p root", "/root/bench")]
+        walks(results, "root", box, root)
+        creation(results, "root", box, root)
+    with booted(base, hw, RootFs.VIRTIOFS, {}, results) as box:
+        root = [Place("virtiofs root", "/root/bench")]
+        walks(results, "root", box, root)
+        creation(results, "root", box, root)
+    bench_host(results, tar, work)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def table(results: Results) -> str:
+    """Markdown: the machine line, then each section; the file-system sections as a matrix."""
+    m = results.machine
+    lines = [
+        f"{m['date']} on {m['nproc']} x {m['cpu']}, {m['accel']}, {m['qemu']}; load average {m['load_before']} "
+        f"before, {m['load_after']} after; {m['other_qemus_before']} other QEMU(s) running at the start.",
+    ]
+    sections = list(dict.fromkeys(f.section for f in results.figures))
+    for section in sections:
+        figures = [f for f in results.figures if f.section == section]
+        columns = list(dict.fromkeys(f.column for f in figures if f.column))
+        lines += ["", f"**{section}**", ""]
+        if columns:
+            cells = {(f.what, f.column): shown(f) for f in figures}
+            rows = list(dict.fromkeys(f.what for f in figures))
+            lines += [f"| | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
+            lines += [f"| {row} | {' | '.join(cells.get((row, c), '') for c in columns)} |" for row in rows]
+        else:
+            lines += ["| | time | note |", "| --- | ---: | --- |"]
+            lines += [f"| {f.what} | {shown(f)} | {f.note} |" for f in figures]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    bench_console()
+    accel = resolve_accel(Accel(os.environ.get("BENCH_ACCEL", "auto")))
+    results = Results(machine(accel))
+    print(f"bench on {results.machine['nproc']} x {results.machine['cpu']}, {accel.value}:", flush=True)
+    started = time.perf_counter()
+    bench_local_console(results)
     iso = standin()
-    bench_iso(iso)
-    if os.environ.get("BENCH_VM") == "1":
-        bench_install(iso)
-    else:
-        print("full install: skipped (set BENCH_VM=1 to boot the stand-in)")
+    work = Path(tempfile.mkdtemp(prefix="provision-arch-bench-", dir="/var/tmp"))
+    try:
+        bench_iso(results, iso, work)
+        base = bench_install(results, iso, work, accel)
+        bench_box(results, base, work, accel)
+    finally:
+        # Guest ids live in subuid ranges when unprivileged: unshare removes what we cannot.
+        removal = ["rm", "-rf", str(work)]
+        subprocess.run(removal if os.geteuid() == 0 else ["unshare", "--map-auto", "--map-root-user", *removal], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    results.machine["load_after"] = [round(load, 2) for load in os.getloadavg()]
+    results.machine["bench_seconds"] = round(time.perf_counter() - started, 1)
+    OUT.write_text(json.dumps({"machine": results.machine, "figures": [asdict(f) for f in results.figures]}, indent=2) + "\n")
+    print("\n" + table(results) + f"\n\n({results.machine['bench_seconds']} s; written to {OUT})")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ ZONES = ["Etc/UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/
 STANDIN_MODULES = [
     "9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "virtio", "virtio_ring", "virtio_pci",
     "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_net", "net_failover", "failover",
+    "virtiofs", "fuse",  # the rendered MODULES name virtiofs; fuse is its dependency
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import preflight
+from provisioner.virtiofs import Flavour, Virtiofsd
 
 
 def fake_bin(directory: Path, name: str, script: str) -> None:
@@ -171,3 +172,23 @@ def test_kvm_probe_boots_a_kernel_and_reads_its_banner(tmp_path: Path, monkeypat
     monkeypatch.setattr(preflight, "KVM_PROBE", 1.0)
     (found,) = preflight.check_kvm((kernel,))
     assert not found.blocking and "KVM hangs here" in found.message
+
+
+def test_virtiofs_missing_is_a_warning_with_the_package(bindir: Path) -> None:
+    (found,) = preflight.check_virtiofs(lambda: None)
+    assert not found.blocking and "boot --fs virtiofs" in found.message
+    assert "qemu-system-common" in found.fix
+
+
+def test_virtiofs_needs_qemus_vhost_user_fs(bindir: Path) -> None:
+    daemon = Virtiofsd(Path("/usr/lib/qemu/virtiofsd"), Flavour.C)
+    fake_bin(bindir, "qemu-system-x86_64", 'echo "name \\"virtio-9p-pci\\", bus PCI"')
+    (found,) = preflight.check_virtiofs(lambda: daemon)
+    assert not found.blocking and "vhost-user-fs-pci" in found.message
+    fake_bin(bindir, "qemu-system-x86_64", 'echo "name \\"virtio-9p-pci\\"\nname \\"vhost-user-fs-pci\\""')
+    assert list(preflight.check_virtiofs(lambda: daemon)) == []
+
+
+def test_doctor_reports_virtiofs_and_the_install_does_not_wait_for_it() -> None:
+    (check,) = [check for check in preflight.CHECKS if check.name == "virtiofs"]
+    assert check.doctor_only

@@ -24,9 +24,10 @@ def test_every_template_renders() -> None:
         assert render(name, CFG).strip(), name
 
 
-def test_mkinitcpio_conf_loads_9p_and_has_no_fsck() -> None:
+def test_mkinitcpio_conf_loads_9p_and_virtiofs_and_has_no_fsck() -> None:
     text = rootfs_files(CFG)[PurePosixPath("/etc/mkinitcpio.conf")]
-    assert shell_array(text, "MODULES") == ["9p", "9pnet", "9pnet_virtio"]
+    # Both roots boot from one image: `provision-arch boot` (9p) and `boot --fs virtiofs`.
+    assert shell_array(text, "MODULES") == ["9p", "9pnet", "9pnet_virtio", "virtiofs"]
     hooks = shell_array(text, "HOOKS")
     assert hooks[0] == "base"
     assert "filesystems" in hooks

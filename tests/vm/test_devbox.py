@@ -27,7 +27,7 @@ import pexpect
 import pycdlib
 import pytest
 
-from tests.vm.conftest import TIMES, E2EUser, as_user
+from tests.vm.unprivileged import TIMES, E2EUser, as_user
 
 pytestmark = pytest.mark.vm
 

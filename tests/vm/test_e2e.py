@@ -26,7 +26,7 @@ from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
 from tests.helpers import differences, tree
-from tests.vm.conftest import TIMES, E2EUser, as_user
+from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_processes
 
 pytestmark = pytest.mark.vm
 
@@ -40,18 +40,6 @@ class Installed:
     result: subprocess.CompletedProcess[str]
     events: list[dict[str, Any]]
     most_qemus: int  # the most QEMU processes of the user seen at once during the install
-
-
-def user_qemus(uid: int) -> int:
-    """How many qemu-system-x86_64 processes run as ``uid`` right now."""
-    count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if proc.stat().st_uid == uid and (proc / "comm").read_text().strip().startswith("qemu-system-x86"):
-                count += 1
-        except OSError:
-            continue
-    return count
 
 
 def install_as(user: E2EUser, cli: Path, workdir: Path, iso: Path, name: str, *extra: str) -> Installed:
@@ -74,7 +62,7 @@ def install_as(user: E2EUser, cli: Path, workdir: Path, iso: Path, name: str, *e
         err_reader.start()
         # Sample the process list while it runs: one QEMU at a time, never two.
         while child.poll() is None and time.monotonic() - started < 2400:
-            most = max(most, user_qemus(user.uid))
+            most = max(most, len(user_processes(user.uid, "qemu-system-x86")))
             time.sleep(0.5)
         reader.join()
         err_reader.join()

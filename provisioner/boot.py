@@ -1,0 +1,57 @@
+"""Boot an installed target: the QEMU command with the helpers it needs, as one context.
+
+``boot_command`` starts the helpers (for virtiofs: a user namespace when we are not root,
+then virtiofsd), yields the QEMU command line that uses them, and ends them in reverse
+order when the context ends. The caller runs QEMU inside it, so QEMU always ends first,
+and no helper outlives the boot (mkosi's way: the helpers are context managers in one
+ExitStack with the VM).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from enum import StrEnum
+from pathlib import Path
+
+from provisioner.qemu import Forward, Hardware, boot_argv, wrap
+from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
+
+# What --print shows in place of the socket a real boot creates.
+SOCKET_PLACEHOLDER = Path("SOCKET")
+
+
+class RootFs(StrEnum):
+    NINEP = "9p"  # QEMU's own 9p server: nothing else to run
+    VIRTIOFS = "virtiofs"  # virtiofsd: faster, one more process
+
+
+@contextmanager
+def boot_command(
+    target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()
+) -> Iterator[list[str]]:
+    """The QEMU command that boots ``target`` on ``fs``; its helpers run until the context ends."""
+    if fs is RootFs.NINEP:
+        yield wrap(boot_argv(hw, target, forwards), as_root=as_root)
+        return
+    daemon = require_virtiofsd()
+    with ExitStack() as helpers:
+        # QEMU joins virtiofsd's namespace rather than making its own: one mapping, one
+        # process to end, and guest ids land in the same subuid range through both.
+        enter = [] if as_root else helpers.enter_context(user_namespace())
+        socket = helpers.enter_context(start_virtiofsd(daemon, target, enter))
+        yield [*enter, *boot_argv(hw, target, forwards, virtiofs_socket=socket)]
+
+
+def describe(target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()) -> str:
+    """What ``boot_command`` would run, for ``--print``; starts nothing."""
+    if fs is RootFs.NINEP:
+        return shlex.join(wrap(boot_argv(hw, target, forwards), as_root=as_root))
+    argv = virtiofsd_argv(require_virtiofsd(), target, 3, nofile_limit())
+    where = "" if as_root else ", in the user namespace QEMU runs in"
+    return (
+        f"# virtiofsd, given the listening socket {SOCKET_PLACEHOLDER} as descriptor 3{where}:\n"
+        f"# {shlex.join(argv)}\n"
+        + shlex.join(wrap(boot_argv(hw, target, forwards, virtiofs_socket=SOCKET_PLACEHOLDER), as_root=as_root))
+    )
