@@ -154,7 +154,10 @@ def build_archive(root: pathlib.Path) -> None:
         work = pathlib.Path(tmp)
         current = work / "current"
         started = time.monotonic()
-        repo.build_repo(current)
+        # Not at the top: build imports repo, which this module imports.
+        from tests.standin.build import cache_dir, ensure_rootfs  # noqa: PLC0415
+
+        repo.build_repo(current, ensure_rootfs(cache_dir()))
         log(f"stand-in repository built in {time.monotonic() - started:.1f}s")
 
         # Which repository holds which files, from the current build; CHANGED is swapped per day.

@@ -80,6 +80,11 @@ ROOTFS_INCLUDE = (
     "iproute2",
     "procps",
     "less",
+    # The real ISO runs sshd and carries sudo; the test repository's openssh,
+    # sudo and systemd packages are also cut from this root (tests/standin/debian.py).
+    "openssh-server",
+    "sudo",
+    "libnss-systemd",
 )
 # Bump when the way the debootstrap root is made changes.
 ROOTFS_RECIPE = "1"
@@ -557,7 +562,7 @@ def build_iso(cache: pathlib.Path, key: str, repo: ModuleType | None) -> pathlib
         (tree / "arch/x86_64").mkdir(parents=True)
         with step("building the repository"):
             if repo is not None:
-                repo.build_repo(tree / "repo")
+                repo.build_repo(tree / "repo", rootfs)
             else:
                 log("tests/standin/repo.py missing: using a one-package fallback repository")
                 build_fallback_repo(tree / "repo", work)

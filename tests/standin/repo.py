@@ -1,7 +1,9 @@
 """Build the offline stand-in of the Arch package repositories (core, extra).
 
 The PKGBUILDs under ``packages/`` repackage files of this Debian host (busybox,
-the kernel, tzdata, the Arch keyring) as small Arch packages.  makepkg refuses
+the kernel, tzdata, the Arch keyring) as small Arch packages, and Debian 12's
+systemd, util-linux, shadow, PAM, openssh, sudo, … and their libraries, cut
+from the debootstrap root of the live system by ``debian.py``.  makepkg refuses
 to run as root, so each package is built as ``nobody`` in a scratch copy of
 its directory, then collected into ``<out>/<repo>/os/x86_64`` with repo-add.
 
@@ -19,13 +21,18 @@ import subprocess
 import sys
 import tempfile
 
+from tests.standin import debian
+
 PACKAGES_DIR = pathlib.Path(__file__).resolve().parent / "packages"
 ARCH = "x86_64"
-# Which repository each package lives in, as on Arch.
+# Which repository each package lives in, as on Arch. The packages cut from
+# Debian (debian.PARTS and the libraries they need) are added to core.
 REPOS: dict[str, list[str]] = {
-    "core": ["busybox", "base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring"],
+    "core": ["busybox", "base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring", "pambase"],
     "extra": ["vim", "man-db", "man-pages"],
 }
+# The PKGBUILD of a package cut from Debian that has no directory of its own.
+DEBIAN_GENERIC = PACKAGES_DIR / "_debian"
 BUILD_USER = "nobody"
 # Fixed timestamps make the packages depend on the inputs only.
 SOURCE_DATE_EPOCH = "1704067200"
@@ -91,7 +98,7 @@ def _inputs() -> list[pathlib.Path]:
         # Importing this module must not fail on a host without a kernel; the
         # build itself reports it.
         host = []
-    return [pathlib.Path(__file__).resolve(), *_package_inputs(), *host]
+    return [pathlib.Path(__file__).resolve(), pathlib.Path(debian.__file__).resolve(), *_package_inputs(), *host]
 
 
 INPUTS: list[pathlib.Path] = _inputs()
@@ -111,10 +118,28 @@ def run(cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] 
 
 
 def _build_package(
-    name: str, scratch: pathlib.Path, pkgdest: pathlib.Path, kver: str, source: pathlib.Path | None = None
+    name: str,
+    scratch: pathlib.Path,
+    pkgdest: pathlib.Path,
+    env_extra: dict[str, str],
+    cut: debian.Package | None = None,
+    source: pathlib.Path | None = None,
 ) -> None:
     workdir = scratch / name
-    shutil.copytree(source or PACKAGES_DIR / name, workdir)
+    if cut is None:
+        shutil.copytree(source or PACKAGES_DIR / name, workdir)
+    else:
+        own = PACKAGES_DIR / name
+        shutil.copytree(own if own.is_dir() else DEBIAN_GENERIC, workdir)
+        shutil.copy2(DEBIAN_GENERIC / "manifest.sh", workdir / "manifest.sh")
+        cut.write(workdir)
+        env_extra = {
+            **env_extra,
+            "STANDIN_PKGNAME": cut.name,
+            "STANDIN_PKGVER": cut.version,
+            "STANDIN_PKGDESC": cut.desc,
+            "STANDIN_DEPENDS": " ".join(sorted(cut.depends)),
+        }
     # makepkg writes src/ and pkg/ beside the PKGBUILD, as the build user.
     for path in [workdir, *workdir.rglob("*")]:
         shutil.chown(path, BUILD_USER)
@@ -128,9 +153,7 @@ def _build_package(
         "PKGEXT": ".pkg.tar.zst",
         "PACKAGER": "provision-arch offline stand-in <standin@localhost>",
         "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
-        "STANDIN_KVER": kver,
-        "STANDIN_MODULES": " ".join(STANDIN_MODULES),
-        "STANDIN_ZONES": " ".join(ZONES),
+        **env_extra,
     }
     env_args = [f"{k}={v}" for k, v in env.items()]
     # runuser drops root for makepkg; env -i keeps the host's environment
@@ -142,11 +165,25 @@ def _build_package(
     )  # fmt: skip
 
 
-def build_repo(out: pathlib.Path) -> None:
-    """Fill out/core/os/x86_64 and out/extra/os/x86_64 with packages and databases."""
+def package_env(kver: str) -> dict[str, str]:
+    """What the PKGBUILDs read besides makepkg's own variables."""
+    return {"STANDIN_KVER": kver, "STANDIN_MODULES": " ".join(STANDIN_MODULES), "STANDIN_ZONES": " ".join(ZONES)}
+
+
+def build_repo(out: pathlib.Path, rootfs: pathlib.Path) -> None:
+    """Fill out/core/os/x86_64 and out/extra/os/x86_64 with packages and databases.
+
+    rootfs is the Debian root (build.ensure_rootfs) the Debian-built packages are cut from."""
     if os.geteuid() != 0:
         raise RepoBuildError("building the stand-in repository needs root (to run makepkg as nobody)")
     kver = host_kernel_release()
+    try:
+        cut = debian.harvest(rootfs)
+    except debian.DebianError as exc:
+        raise RepoBuildError(f"cutting packages from {rootfs}: {exc}") from exc
+    repos = {repo: list(names) for repo, names in REPOS.items()}
+    repos["core"] += [name for name in cut if name not in repos["core"]]
+    env_extra = {**package_env(kver), "STANDIN_BUSYBOX_SKIP": " ".join(debian.busybox_shadowed(cut))}
     with tempfile.TemporaryDirectory(prefix="standin-repo-") as tmp:
         scratch = pathlib.Path(tmp)
         pkgdest = scratch / "pkgs"
@@ -154,7 +191,7 @@ def build_repo(out: pathlib.Path) -> None:
         pkgdest.mkdir()
         for path in (scratch, scratch / "build", pkgdest):
             shutil.chown(path, BUILD_USER)
-        for repo, names in REPOS.items():
+        for repo, names in repos.items():
             repodir = out / repo / "os" / ARCH
             if repodir.exists():
                 shutil.rmtree(repodir)
@@ -162,7 +199,7 @@ def build_repo(out: pathlib.Path) -> None:
             built: list[pathlib.Path] = []
             for name in names:
                 before = set(pkgdest.iterdir())
-                _build_package(name, scratch, pkgdest, kver)
+                _build_package(name, scratch, pkgdest, env_extra, cut.get(name))
                 new = sorted(set(pkgdest.iterdir()) - before)
                 if not new:
                     raise RepoBuildError(f"makepkg made no package for {name}")
@@ -210,7 +247,7 @@ def build_package(source: pathlib.Path, out: pathlib.Path, *, pkgver: str | None
             path.mkdir()
         for path in (scratch, scratch / "build", pkgdest):
             shutil.chown(path, BUILD_USER)
-        _build_package("package", scratch, pkgdest, kver, source=copy)
+        _build_package("package", scratch, pkgdest, package_env(kver), source=copy)
         made = sorted(pkgdest.iterdir())
         if not made:
             raise RepoBuildError(f"makepkg made no package from {source}")
@@ -224,8 +261,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python3 -m tests.standin.repo OUTDIR", file=sys.stderr)
         return 2
+    # Not at the top: build imports this module.
+    from tests.standin.build import cache_dir, ensure_rootfs  # noqa: PLC0415
+
     try:
-        build_repo(pathlib.Path(argv[0]).resolve())
+        build_repo(pathlib.Path(argv[0]).resolve(), ensure_rootfs(cache_dir()))
     except RepoBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
