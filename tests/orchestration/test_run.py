@@ -101,7 +101,7 @@ def test_without_json_stdout_is_the_commands_output(run: Any) -> None:
     ("args", "prepare", "message"),
     [(["--user", "nobody-here"], None, "there is no user 'nobody-here'"),
      (["--user", "Bad;user"], None, "invalid user name 'Bad;user'"),
-     ([], RUN_GENERATOR, "has no systemd-run-generator"),
+     ([], RUN_GENERATOR, "systemd-run-generator: run needs systemd"),
      ([], "boot/vmlinuz-linux", "is not an installed system")],
     ids=["no-such-user", "hostile-user", "no-systemd", "not-installed"],
 )  # fmt: skip
