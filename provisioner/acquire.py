@@ -48,7 +48,7 @@ class IsoSource:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise UsageError(f"invalid {what} URL {url!r}", "give an http(s) mirror, e.g. " + DEFAULT_MIRROR)
-        if self.version is not None and not VERSION_RE.match(self.version):
+        if self.version is not None and not VERSION_RE.fullmatch(self.version):
             raise UsageError(f"invalid --iso-version {self.version!r}", "give a release date, e.g. 2024.06.01")
 
 
@@ -64,7 +64,7 @@ def parse_sums(text: str, version: str | None) -> tuple[str, str]:
     listed: dict[str, str] = {}
     for line in text.splitlines():
         match = SUMS_LINE_RE.match(line.strip())
-        if match and ISO_NAME_RE.match(match[2]):
+        if match and ISO_NAME_RE.fullmatch(match[2]):
             listed[match[2]] = match[1].lower()
     if version is not None:
         name = iso_name(version)
@@ -190,7 +190,7 @@ def _cached(iso: Path, keyring: Keyring, events: Bus, expect: str | None = None)
 
 
 def _newest_cached(cache_dir: Path, keyring: Keyring, events: Bus) -> Path | None:
-    candidates = sorted((p for p in cache_dir.glob("archlinux-*-x86_64.iso") if ISO_NAME_RE.match(p.name)), reverse=True)
+    candidates = sorted((p for p in cache_dir.glob("archlinux-*-x86_64.iso") if ISO_NAME_RE.fullmatch(p.name)), reverse=True)
     for iso in candidates:  # names sort by date: YYYY.MM.DD
         if _cached(iso, keyring, events):
             return iso

@@ -27,13 +27,24 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from provisioner import __version__, preflight
-from provisioner.config import Accel, OptionField, build, defaults_shown, load_file, merge, option_table, split_packages
+from provisioner import __version__, preflight, state
+from provisioner.config import (
+    Accel,
+    OptionField,
+    box_record,
+    build,
+    defaults_shown,
+    load_file,
+    merge,
+    option_table,
+    split_packages,
+)
 from provisioner.display import Display
 from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
 from provisioner.events import Bus, Checked, Error, Event, Output, Result, RunResult, Started
 from provisioner.install import provision
 from provisioner.jsonlines import JsonLines
+from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
 from provisioner.qemu import Hardware, boot_argv, parse_forward, resolve_accel, wrap
@@ -176,6 +187,18 @@ def _option_values(given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def from_the_manifest(expected: Manifest, given: dict[str, Any]) -> dict[str, Any]:
+    """The options a manifest fixes; the command line may not contradict them."""
+    fixed = {key: tuple(value) if isinstance(value, list) else value for key, value in expected.config.items()}
+    clashes = [key for key, value in fixed.items() if given.get(key) not in (None, value)]
+    if clashes:
+        raise UsageError(
+            f"{expected.path} fixes {', '.join(clashes)}; the command line gives other values",
+            "drop those options, or build without --from-manifest",
+        )
+    return fixed
+
+
 @app.command(epilog=EPILOG, context_settings=CONTEXT)
 @_with_options
 def install(
@@ -189,6 +212,10 @@ def install(
             f"can hold: {', '.join(FILE_ONLY)}.",
         ),
     ] = None,
+    from_manifest: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Rebuild the box a manifest.json describes: same ISO, snapshot, options, versions."),
+    ] = None,
     json: Json = False,
     verbose: Verbose = False,
     **options: Any,
@@ -197,19 +224,26 @@ def install(
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     with reporting("install", target, json=json, verbose=verbose) as events:
-        values = merge(_option_values(options), load_file(config) if config else {})
+        given = _option_values(options)
+        values = merge(given, load_file(config) if config else {})
+        expected = load_manifest(from_manifest) if from_manifest else None
+        if expected:
+            values = {**values, **from_the_manifest(expected, given)}
         password_file, password_hash = values.pop("password_file", None), values.pop("password_hash", None)
         cfg = build({**values, "target": target})
+        if cfg.cache_packages and cfg.package_cache is None:
+            cfg = dataclasses.replace(cfg, package_cache=cache_home() / "pkg")
+        resume = state.plan(cfg.target, box_record(cfg), cfg.force)
         # The host first: nobody should type a password twice to learn QEMU is missing.
         with events.step("preflight", "Checking the host"):
-            warnings = check_host(Host(target=cfg.target, force=cfg.force, iso=cfg.iso))
+            warnings = check_host(Host(target=cfg.target, force=cfg.force or resume is not None, iso=cfg.iso))
         for warning in warnings:
             events.note(f"{warning.message} ({warning.fix})")
         asked = time.monotonic()
         cfg = dataclasses.replace(cfg, password_hash=resolve_password(password_file, password_hash))
         prompt_seconds = time.monotonic() - asked
-        session = Session.create(cfg)
-        provision(session, events, cache_home())
+        session = Session.create(cfg, resuming=resume is not None)
+        manifest = provision(session, events, cache_home(), resume, expected)
         wall = time.monotonic() - started - prompt_seconds
         boot_command = f"provision-arch boot {shlex.quote(str(target))}"
         events.emit(
@@ -217,7 +251,12 @@ def install(
                 "ok",
                 f"Installed Arch Linux into {cfg.target}. Boot it with: {boot_command}",
                 round(wall, 3),
-                {"target": str(cfg.target), "transcript": str(session.transcript), "boot": boot_command},
+                {
+                    "target": str(cfg.target),
+                    "transcript": str(session.transcript),
+                    "manifest": str(manifest),
+                    "boot": boot_command,
+                },
             )
         )
     if not json:

@@ -46,12 +46,18 @@ KEYMAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PACKAGE_RE = re.compile(r"^[a-z0-9@_+][a-z0-9@._+-]{0,126}$")
 # The mirror goes on the kernel command line (mirror=…): no spaces, quotes or shell syntax.
 MIRROR_RE = re.compile(r"^(https?|ftp|file)://[A-Za-z0-9._~:/%@+-]+$")
+SNAPSHOT_RE = re.compile(r"^20\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
 
 
 class Accel(StrEnum):
     AUTO = "auto"
     KVM = "kvm"
     TCG = "tcg"
+
+
+class InstallVia(StrEnum):
+    NINEP = "9p"  # the guest writes the tree over the share
+    STREAM = "stream"  # the guest builds it on a scratch disk and sends one tar to the host
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Option:
     in_file: bool = True  # a config-file key (the field name)
     in_cli: bool = True  # a command-line flag; False for tables only a config file can hold
     split: bool = False  # list values may also be given as "a b,c"
+    in_manifest: bool = False  # defines the box: recorded in the manifest, compared on resume
     default_text: str = ""  # what the default means, where the value alone would not say
     # Reads a structured config-file value: (TOML value, config file's directory, key) -> field value.
     parse: Callable[[Any, Path, str], Any] | None = None
@@ -96,13 +103,18 @@ class Config:
         flags=("--package", "--packages", "-p"),
         metavar="NAME",
         split=True,
+        in_manifest=True,
     )
-    hostname: str = option("archlinux", "Host name of the new system.", metavar="NAME")
-    timezone: str = option("UTC", "Zoneinfo name, e.g. Europe/Berlin.", metavar="ZONE")
-    locale: str = option("en_US.UTF-8", "Locale with charset, e.g. de_DE.UTF-8.", metavar="LOCALE")
-    keymap: str = option("us", "Console keymap for vconsole.conf.", metavar="KEYMAP")
+    hostname: str = option("archlinux", "Host name of the new system.", metavar="NAME", in_manifest=True)
+    timezone: str = option("UTC", "Zoneinfo name, e.g. Europe/Berlin.", metavar="ZONE", in_manifest=True)
+    locale: str = option("en_US.UTF-8", "Locale with charset, e.g. de_DE.UTF-8.", metavar="LOCALE", in_manifest=True)
+    keymap: str = option("us", "Console keymap for vconsole.conf.", metavar="KEYMAP", in_manifest=True)
     services: tuple[str, ...] = option(
-        (), "systemd unit to enable in the installed system (repeatable), e.g. sshd.", flags=("--enable-service",), metavar="NAME"
+        (),
+        "systemd unit to enable in the installed system (repeatable), e.g. sshd.",
+        flags=("--enable-service",),
+        metavar="NAME",
+        in_manifest=True,
     )
     users: tuple[User, ...] = option(
         (),
@@ -115,19 +127,41 @@ class Config:
         (), "Host files to copy in: [[files]] tables with source, path, mode, owner.", in_cli=False, parse=parse_files
     )
     commands: tuple[str, ...] = option(
-        (), "Shell commands run in the chroot after everything else, in order, each its own step.", in_cli=False
+        (), "Shell commands run in the chroot after everything else, in order, each its own step.", in_cli=False,
+        in_manifest=True,
     )
     pacman_sandbox: bool = option(
         False, "Keep pacman 7's download sandbox on in the installed system, though it misfires on a 9p root (README 'pacman 7')."
     )
     mirror: str | None = option(
         None, "Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (mirror= on the ISO's kernel command line).",
-        metavar="URL",
+        metavar="URL", in_manifest=True,
     )  # fmt: skip
+    snapshot: str | None = option(
+        None,
+        "Pin the packages to the Arch Linux Archive's repositories of that day, for the install and in the box's mirrorlist.",
+        metavar="YYYY-MM-DD",
+        in_manifest=True,
+    )
+    archive_url: str = option(
+        "https://archive.archlinux.org", "The Arch Linux Archive (or a copy of it) that --snapshot reads.", metavar="URL"
+    )
+    cache_packages: bool = option(
+        True, "Share a package cache with the guest, so that a second build downloads nothing it already has."
+    )
+    package_cache: Path | None = option(
+        None, "The package cache directory.", metavar="DIR", default_text="$XDG_CACHE_HOME/provision-arch/pkg"
+    )
     memory: int = option(2048, "Guest memory in MiB.", metavar="MIB")
     cpus: int = option(2, "Guest CPUs.", metavar="N")
     accel: Accel = option(
         Accel.AUTO, "auto: KVM when usable, falling back to TCG if the guest stays silent.", metavar="auto|kvm|tcg"
+    )
+    install_via: InstallVia = option(
+        InstallVia.NINEP,
+        "9p: the guest writes the tree over the share; stream: it builds the tree on a scratch disk and sends one "
+        "checked tar that the host unpacks (several times faster under emulation).",
+        metavar="9p|stream",
     )
     refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")
     timeout_scale: float = option(1.0, "Multiply every timeout (slow machines, big package sets).", metavar="X")
@@ -168,6 +202,13 @@ class Config:
         return f"{self.locale} {match['charset']}"
 
     @property
+    def guest_mirror(self) -> str | None:
+        """The mirror the live system uses: the snapshot's day in the archive, or --mirror."""
+        if self.snapshot is None:
+            return self.mirror
+        return f"{self.archive_url.rstrip('/')}/repos/{self.snapshot.replace('-', '/')}"
+
+    @property
     def state_dir(self) -> Path:
         """Where the run keeps its files inside the target (transcript, staged files)."""
         return self.target / ".provision-arch"
@@ -189,6 +230,11 @@ class Config:
             _check(PACKAGE_RE, name, "package name", "pacman package names use a-z 0-9 @ . _ + -")
         if self.mirror is not None:
             _check(MIRROR_RE, self.mirror, "mirror URL", "e.g. https://geo.mirror.pkgbuild.com (no $repo/os/$arch)")
+        _check(MIRROR_RE, self.archive_url, "archive URL", "e.g. https://archive.archlinux.org")
+        if self.snapshot is not None:
+            _check(SNAPSHOT_RE, self.snapshot, "snapshot day", "a day as YYYY-MM-DD, e.g. 2026-11-01")
+            if self.mirror is not None:
+                raise UsageError("--snapshot and --mirror both choose the guest's mirror", "give one of them")
         if not 512 <= self.memory <= 1024 * 1024:
             raise UsageError(f"memory {self.memory} MiB is out of range", "give --memory in MiB, at least 512")
         if not 1 <= self.cpus <= 256:
@@ -219,7 +265,8 @@ class Config:
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> None:
-    if not pattern.fullmatch(value):  # not match(): its $ also matches before a trailing newline
+    # fullmatch: `$` alone also matches before a trailing newline, which would slip through.
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise UsageError(f"invalid {what} {value!r}", hint)
 
 
@@ -264,6 +311,15 @@ def option_table() -> tuple[OptionField, ...]:
         for f in dataclasses.fields(Config)
         if "option" in f.metadata
     )
+
+
+def box_record(cfg: Config) -> dict[str, Any]:
+    """What defines the box (the options marked in_manifest), as JSON values: no secrets, no host paths."""
+    return {
+        row.name: list(value) if isinstance(value, tuple) else value
+        for row in option_table()
+        if row.option.in_manifest and (value := getattr(cfg, row.name)) is not None
+    }
 
 
 def config_keys() -> frozenset[str]:

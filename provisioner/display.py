@@ -17,6 +17,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from provisioner.download import size_text
 from provisioner.events import (
     Checked,
     ConsoleLine,
@@ -29,14 +30,6 @@ from provisioner.events import (
     StepSkipped,
     StepStarted,
 )
-
-
-def size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 class Display:
@@ -147,7 +140,7 @@ class Display:
             tenth = event.done * 10 // event.total
             if tenth != self._tenth:
                 self._tenth = tenth
-                self.console.print(f"    {tenth * 10}% ({size(event.done)} of {size(event.total)})", highlight=False)
+                self.console.print(f"    {tenth * 10}% ({size_text(event.done)} of {size_text(event.total)})", highlight=False)
 
     def __rich__(self) -> Spinner:
         """What Live redraws four times a second: spinner, title, elapsed, last guest line."""

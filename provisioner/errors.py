@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     STEP = 6
     TIMEOUT = 7
     VERIFY = 8
+    MISMATCH = 9
     INTERRUPTED = 130
 
 
@@ -35,6 +36,7 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.STEP: "a command in the guest failed (its status and last output are shown)",
     ExitCode.TIMEOUT: "the guest did not answer in time",
     ExitCode.VERIFY: "the ISO failed checksum or signature verification",
+    ExitCode.MISMATCH: "a rebuild from a manifest installed other package versions (they are named)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); QEMU was stopped",
 }
 

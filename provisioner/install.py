@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote as q
 
+from provisioner import stream
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
-from provisioner.config import Config
+from provisioner.config import Config, InstallVia, box_record
 from provisioner.console import Console, Transcript
-from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError, ProvisionError
+from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError, ProvisionError, VerifyError
 from provisioner.events import Bus, ConsoleLine
 from provisioner.iso import read_boot_files
 from provisioner.live import live_console
+from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
 from provisioner.pacman import enable_option, parse_version, sandbox_switch
-from provisioner.qemu import MOUNT_TAG, MSIZE
+from provisioner.preflight import is_root
+from provisioner.qemu import CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STREAM_PORT
 from provisioner.session import STAGE, STATE, Session, locked
 from provisioner.staged import StagedFile
+from provisioner.state import State, save
+from provisioner.stream import TAR_KEEP, Receiver, extract
 from provisioner.users import User
 
 MNT = "/mnt"
@@ -36,6 +41,10 @@ GUEST_STAGE = f"{GUEST_STATE}/{STAGE}"
 # During the install the guest is the share's only writer, so the non-coherent `loose`
 # cache is safe, and file creation is several times faster than the seed's cache=mmap.
 INSTALL_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,posixacl,msize={MSIZE},cache=loose"
+CACHE_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,msize={MSIZE}"
+LIVE_CACHE = "/var/cache/pacman/pkg"
+SHARE = "/share"  # the stream install's mount of the share (the tree is built at /mnt)
+SCRATCH = f"/dev/disk/by-id/virtio-{SCRATCH_SERIAL}"
 SERVICES = ("systemd-networkd.service", "systemd-resolved.service")
 INITRAMFS = "/boot/initramfs-linux.img"
 # What an initramfs needs to mount the 9p root (modules.builtin names them when built in).
@@ -50,6 +59,7 @@ class Step:
     action: Callable[[Console, Session, float], str | None]  # returns a warning for the user, if any
     timeout: float  # seconds at --timeout-scale 1
     enabled: Callable[[Config], bool] = lambda cfg: True
+    resumable: bool = False  # works on the target and is recorded in state.json: a resumed run skips it when done
 
 
 def staged(file: StagedFile, *, chroot: bool = False) -> str:
@@ -92,11 +102,30 @@ def wait_keyring(con: Console, session: Session, timeout: float) -> None:
 
 
 def mount_target(con: Console, session: Session, timeout: float) -> None:
-    con.check(
-        f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
-        timeout,
-        hint="the ISO's kernel could not mount the 9p share",
-    )
+    if session.stream is None:
+        con.check(
+            f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
+            timeout,
+            hint="the ISO's kernel could not mount the 9p share",
+        )
+    else:
+        # The tree is built on the scratch disk at /mnt; the share is at /share, and its state
+        # directory (the staged files) is bound into /mnt, where the steps look for it.
+        con.check(
+            f"mkdir -p {SHARE} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {SHARE} && "
+            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount {SCRATCH} {MNT} && "
+            f"mkdir -p {GUEST_STATE} && mount --bind {SHARE}/{STATE} {GUEST_STATE}",
+            timeout,
+            hint="the scratch disk or the 9p share did not mount; --install-via 9p does without the disk",
+        )
+    if session.cfg.cache_packages:
+        # The live system's own cache: the keyring refresh and `pacstrap -c` both fill it. No
+        # `loose` here: two runs may share this cache, and only coherent caching is safe then.
+        con.check(
+            f"mkdir -p {LIVE_CACHE} && mount -t 9p -o {CACHE_MOUNT_OPTIONS} {CACHE_TAG} {LIVE_CACHE}",
+            timeout,
+            hint="the package cache share did not mount; try --no-cache-packages",
+        )
     # Prove that /mnt is this run's target and not something else.
     con.check(
         f"grep -qx {q(session.run_id)} {GUEST_STATE}/run-id",
@@ -116,7 +145,12 @@ def refresh_keyring(con: Console, session: Session, timeout: float) -> None:
 
 def pacstrap(con: Console, session: Session, timeout: float) -> None:
     packages = " ".join(q(name) for name in session.cfg.packages)
-    result = con.run(f"pacstrap -K {MNT} {packages}", timeout)
+    cache = " -c" if session.cfg.cache_packages else ""  # the live system's cache, i.e. the shared one
+    # Resuming after an interrupted pacstrap: its lock is stale (we hold the target's), and files
+    # of a package that was half extracted are ours to overwrite.
+    again = f"rm -f {MNT}/var/lib/pacman/db.lck && " if session.resuming else ""
+    overwrite = " --overwrite '*'" if session.resuming else ""
+    result = con.run(f"{again}pacstrap{cache} -K {MNT} {packages}{overwrite}", timeout)
     if result.status != 0:
         raise CommandFailed(result.command, result.status, result.output, pacman_hint(result.output))
 
@@ -295,8 +329,30 @@ def command_step(index: int, command: str) -> Step:
     return Step(f"command-{index + 1}", title, action, COMMAND_TIMEOUT)
 
 
+def send_tree(con: Console, session: Session, timeout: float) -> str:
+    """Stream install: the tree goes to the host as one tar, checked by its sha256 before it is unpacked."""
+    archive = session.state_dir / "stream.tar"
+    assert session.stream is not None  # the step is enabled only then
+    with Receiver(session.stream.pipe.with_name(session.stream.pipe.name + ".out"), archive) as receiver:
+        # Busybox runs its own applets before PATH, so GNU tar by its path; the share's bind
+        # mount is no part of the tree.
+        keep = " ".join(q(flag) for flag in TAR_KEEP)
+        result = con.check(
+            f"umount {GUEST_STATE} && rmdir {GUEST_STATE} && (set -o pipefail; cd {MNT} && "
+            f"/usr/bin/tar -c {keep} --sparse --one-file-system -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            timeout,
+            hint="the guest could not pack the tree; see the transcript",
+        )
+        sha256 = result.split()[0] if result.split() else ""
+        size = receiver.wait_for(sha256, stream.SETTLE)
+    extract(archive, session.target, as_root=is_root())
+    archive.unlink()
+    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (sha256 {sha256[:12]}…) and was unpacked into {session.target}"
+
+
 def unmount(con: Console, session: Session, timeout: float) -> None:
-    con.check(f"sync && umount {MNT}", timeout, hint="something still uses the target; see the transcript")
+    mounts = MNT if session.stream is None else f"{MNT} {SHARE}"
+    con.check(f"sync && umount {mounts}", timeout, hint="something still uses the target; see the transcript")
 
 
 STEPS: list[Step] = [
@@ -309,10 +365,17 @@ STEPS: list[Step] = [
         900,
         enabled=lambda cfg: cfg.refresh_keyring,
     ),
-    Step("pacstrap", "Installing packages (pacstrap)", pacstrap, 7200),
-    Step("configure", "Configuring the system (arch-chroot)", configure, 600),
-    Step("initramfs", "Building the initramfs (mkinitcpio -P)", build_initramfs, 1800),
-    Step("password", "Setting the root password", set_password, 120),
+    Step("pacstrap", "Installing packages (pacstrap)", pacstrap, 7200, resumable=True),
+    Step("configure", "Configuring the system (arch-chroot)", configure, 600, resumable=True),
+    Step("initramfs", "Building the initramfs (mkinitcpio -P)", build_initramfs, 1800, resumable=True),
+    Step("password", "Setting the root password", set_password, 120, resumable=True),
+    Step(
+        "stream",
+        "Sending the tree to the host (one tar over a serial port)",
+        send_tree,
+        3600,
+        enabled=lambda cfg: cfg.install_via is InstallVia.STREAM,
+    ),
     Step("unmount", "Syncing and unmounting the target", unmount, 900),
 ]
 COMMAND_TIMEOUT = 3600.0  # seconds per command at --timeout-scale 1
@@ -326,14 +389,14 @@ DEVBOX_STEPS: list[tuple[Callable[[Config], object], Step]] = [
 
 
 def plan(cfg: Config) -> list[Step]:
-    """The guest steps of one run: STEPS, with the dev-box steps the config asks for before the unmount.
+    """The guest steps of one run: STEPS, with the dev-box steps the config asks for before the tree is sent.
 
     Files come after users (they may be a user's), services after files (a unit may be a
     copied file), and the commands last, when the box is complete.
     """
     devbox = [step for wanted, step in DEVBOX_STEPS if wanted(cfg)]
     commands = [command_step(index, command) for index, command in enumerate(cfg.commands)]
-    at = [step.name for step in STEPS].index("unmount")
+    at = [step.name for step in STEPS].index("stream")  # a stream install sends the tree when it is complete
     return [*STEPS[:at], *devbox, *commands, *STEPS[at:]]
 
 
@@ -349,20 +412,34 @@ def acquire_iso(cfg: Config, events: Bus, cache_dir: Path) -> Path:
     return obtain_iso(source, cache_dir / "iso", events)
 
 
-def provision(session: Session, events: Bus, cache_dir: Path) -> None:
-    """The whole install after preflight. Raises a ProvisionError subclass on any failure."""
+def provision(
+    session: Session, events: Bus, cache_dir: Path, resume: State | None = None, expected: Manifest | None = None
+) -> Path:
+    """The whole install after preflight; the manifest's path. Raises a ProvisionError subclass on any failure."""
     cfg = session.cfg
     if not cfg.password_hash:
         raise ProvisionError("internal: provision() needs the root password hash", "this is a bug in provision-arch")
     with locked(cfg.target):
-        _provision(session, events, cache_dir)
+        state = resume or State(box_record(cfg))
+        save(cfg.target, state)
+        if resume:
+            events.note(f"resuming the install into {cfg.target}: {', '.join(resume.done) or 'no target step'} done before")
+        return _provision(session, events, cache_dir, state, expected)
 
 
-def _provision(session: Session, events: Bus, cache_dir: Path) -> None:
+def _provision(session: Session, events: Bus, cache_dir: Path, state: State, expected: Manifest | None) -> Path:
     cfg = session.cfg
     iso = acquire_iso(cfg, events, cache_dir)
     with events.step("read-iso", f"Reading {iso.name}"):
         boot = read_boot_files(iso, cache_dir / "boot")
+        iso_sha256 = file_sha256(iso)
+        if expected and iso_sha256 != expected.iso_sha256:
+            raise VerifyError(
+                f"{iso.name} is not the ISO of {expected.path} (sha256 {iso_sha256[:16]}…, expected {expected.iso_sha256[:16]}…)",
+                "give the manifest's ISO with --iso",
+            )
+    if cfg.cache_packages and cfg.package_cache:
+        cfg.package_cache.mkdir(parents=True, exist_ok=True)
     try:
         transcript = Transcript(
             session.transcript, redact=cfg.password_hashes, on_line=lambda line: events.emit(ConsoleLine(line))
@@ -377,15 +454,7 @@ def _provision(session: Session, events: Bus, cache_dir: Path) -> None:
             with events.step("boot", "Booting the ISO and logging in"):
                 con = machine.enter_context(live_console(session, iso, boot, transcript, events))
                 con.check("dmesg -n 1", 30)  # keep kernel messages out of command output
-            for step in plan(cfg):
-                if not step.enabled(cfg):
-                    events.skip(step.name, step.title)
-                    continue
-                with events.step(step.name, step.title):
-                    transcript.note(f"step {step.name}")
-                    warning = step.action(con, session, step.timeout)
-                if warning:
-                    events.note(warning)
+            run_steps(con, session, events, transcript, state)
             with events.step("poweroff", "Powering off"):
                 con.poweroff()
     except (BootFailed, ConsoleTimeout, CommandFailed) as exc:
@@ -394,8 +463,45 @@ def _provision(session: Session, events: Bus, cache_dir: Path) -> None:
     finally:
         transcript.close()
         session.unstage()
+    return finish(session, events, state, (iso, iso_sha256), expected)
+
+
+def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:
+    """The guest steps in order; a resumed run skips the target steps an earlier run finished."""
+    for step in plan(session.cfg):
+        if not step.enabled(session.cfg):
+            events.skip(step.name, step.title)
+            continue
+        if step.resumable and step.name in state.done:
+            events.skip(step.name, step.title, "done by an earlier run")
+            continue
+        with events.step(step.name, step.title):
+            transcript.note(f"step {step.name}")
+            warning = step.action(con, session, step.timeout)
+        if warning:
+            events.note(warning)
+        if step.resumable and session.stream is None:  # a stream install's tree is on a disk gone with QEMU
+            state.done.append(step.name)
+            save(session.target, state)
+
+
+def finish(session: Session, events: Bus, state: State, iso: tuple[Path, str], expected: Manifest | None) -> Path:
+    """Check the result, write the manifest (and compare it with the expected one), mark the target finished.
+
+    ``iso`` is the ISO's path and sha256."""
+    cfg = session.cfg
     for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
         if not (cfg.target / name).is_file():
             raise BootFailed(
                 f"the install finished but {cfg.target / name} is missing", f"see the transcript: {session.transcript}"
             )
+    with events.step("manifest", "Writing the manifest"):
+        manifest = write_manifest(cfg, *iso)
+        if expected and (differ := compare(expected.packages, installed_packages(cfg.target))):
+            raise Mismatch(
+                f"the rebuild differs from {expected.path} in {len(differ)} package(s): {'; '.join(differ[:10])}",
+                f"compare {manifest} with {expected.path}; was the snapshot the same?",
+            )
+        state.finished = True
+        save(cfg.target, state)
+    return manifest

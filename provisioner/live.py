@@ -31,7 +31,9 @@ BANNER = r"Linux version"
 def _machine(session: Session, accel: Accel, iso: Path, boot: BootFiles, transcript: Transcript) -> Machine:
     cfg = session.cfg
     hw = Hardware(memory=cfg.memory, cpus=cfg.cpus, accel=accel)
-    argv = wrap(install_argv(hw, iso, boot, cfg.target, cfg.mirror), as_root=preflight.is_root())
+    cache = cfg.package_cache if cfg.cache_packages else None
+    argv = install_argv(hw, iso, boot, cfg.target, mirror=cfg.guest_mirror, package_cache=cache, stream=session.stream)
+    argv = wrap(argv, as_root=preflight.is_root())
     transcript.note(f"starting QEMU ({accel.value})")
     return Machine(argv, logfile=transcript)
 

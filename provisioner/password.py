@@ -45,7 +45,7 @@ def read_password_file(path: Path) -> str:
 
 def check_hash(value: str) -> str:
     value = value.strip()
-    if not HASH_RE.match(value):
+    if not HASH_RE.fullmatch(value):
         # Say what is wrong without echoing the value back.
         raise UsageError(
             "--password-hash is not a crypt hash", "make one with: openssl passwd -6  (type the password at its prompt)"

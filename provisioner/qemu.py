@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
 MOUNT_TAG = "fsRoot"
+CACHE_TAG = "pkgcache"  # the package cache, shared during the install
+SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virtio-pa-scratch in the guest
+STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -98,8 +101,7 @@ def _common(hw: Hardware, share: Path, forwards: Sequence[Forward] = ()) -> list
         "-m", str(hw.memory),
         "-smp", str(hw.cpus),
         "-rtc", "base=utc",
-        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{MOUNT_TAG},path={qemu_value(share.resolve())}",
-        "-device", f"virtio-9p-pci,id={MOUNT_TAG},fsdev=fsdev-{MOUNT_TAG},mount_tag={MOUNT_TAG}",
+        *share_argv(MOUNT_TAG, share),
         "-netdev", netdev(forwards),
         "-device", "virtio-net-pci,netdev=net0",
         "-display", "none",
@@ -109,7 +111,43 @@ def _common(hw: Hardware, share: Path, forwards: Sequence[Forward] = ()) -> list
     ]  # fmt: skip
 
 
-def install_argv(hw: Hardware, iso: Path, boot: BootFiles, target: Path, mirror: str | None = None) -> list[str]:
+def share_argv(tag: str, path: Path) -> list[str]:
+    """A host directory shared over virtio-9p; guest ownership passes through (into the subuid range)."""
+    return [
+        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{tag},path={qemu_value(path.resolve())}",
+        "-device", f"virtio-9p-pci,id={tag},fsdev=fsdev-{tag},mount_tag={tag}",
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The stream install's devices: a scratch disk for the guest, a serial port to the host."""
+
+    scratch: Path  # a sparse raw image the guest formats
+    pipe: Path  # QEMU's chardev pipe: it writes what the guest sends to PIPE.out
+
+
+def stream_argv(stream: Stream) -> list[str]:
+    return [
+        # cache=unsafe: the scratch disk is thrown away; its flushes would only cost time.
+        "-drive", f"file={qemu_value(stream.scratch.resolve())},if=virtio,format=raw,cache=unsafe,discard=unmap,"
+                  f"serial={SCRATCH_SERIAL}",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"pipe,id=stream,path={qemu_value(stream.pipe.resolve())}",
+        "-device", f"virtserialport,chardev=stream,name={STREAM_PORT}",
+    ]  # fmt: skip
+
+
+def install_argv(
+    hw: Hardware,
+    iso: Path,
+    boot: BootFiles,
+    target: Path,
+    *,
+    mirror: str | None = None,
+    package_cache: Path | None = None,
+    stream: Stream | None = None,
+) -> list[str]:
     """Boot the ISO's kernel directly with a serial console for the driver.
 
     No ``ip=dhcp`` (it switches archiso to PXE mode). Kernel messages stay on until the
@@ -126,8 +164,11 @@ def install_argv(hw: Hardware, iso: Path, boot: BootFiles, target: Path, mirror:
     ]
     if mirror:
         append.append(f"mirror={mirror}")
+    cache = [] if package_cache is None else share_argv(CACHE_TAG, package_cache)
     return [
         *_common(hw, target),
+        *cache,
+        *([] if stream is None else stream_argv(stream)),
         "-kernel", str(boot.kernel),
         "-initrd", str(boot.initrd),
         "-append", " ".join(append),

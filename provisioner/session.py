@@ -20,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from provisioner import users
-from provisioner.config import Config
+from provisioner.config import Config, InstallVia
 from provisioner.errors import HostError
-from provisioner.render import rootfs_files
+from provisioner.qemu import Stream
+from provisioner.render import render, rootfs_files
 from provisioner.staged import StagedFile
 
 STATE = ".provision-arch"  # the state directory, relative to the target
 STAGE = "stage"  # staged files, below the state directory
 LOCK = "lock"  # held while a run works on the target
+SNAPSHOT_MIRRORLIST = "snapshot/mirrorlist.j2"
+SCRATCH_SIZE = 64 << 30  # the stream install's sparse scratch disk: room for any package set
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,14 @@ class Session:
     user_files: tuple[StagedFile, ...] = ()  # authorized_keys and sudoers files, installed by the users step
     user_passwords: StagedFile | None = None  # chpasswd -e input for the users with a password hash
     copied: tuple[StagedFile, ...] = ()  # the config's [[files]], installed by the files step
+    resuming: bool = False  # an earlier run on this target stopped part way
 
     @classmethod
-    def create(cls, cfg: Config) -> Session:
+    def create(cls, cfg: Config, resuming: bool = False) -> Session:
         """Render and read everything once; nothing is written until ``stage()``."""
         files = tuple(StagedFile(path, content) for path, content in sorted(rootfs_files(cfg).items()))
+        if cfg.snapshot:
+            files += (StagedFile(PurePosixPath("/etc/pacman.d/mirrorlist"), render(SNAPSHOT_MIRRORLIST, cfg)),)
         password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
         return cls(
             cfg=cfg,
@@ -53,6 +59,7 @@ class Session:
             user_files=tuple(file for user in cfg.users for file in user.staged_files()),
             user_passwords=users.password_file(cfg.users),
             copied=tuple(copied.staged() for copied in cfg.files),
+            resuming=resuming,
         )
 
     @property
@@ -78,6 +85,13 @@ class Session:
         return self.cfg.log or self.state_dir / "console.log"
 
     @property
+    def stream(self) -> Stream | None:
+        """The stream install's scratch disk and port pipe, in the state directory (None for 9p)."""
+        if self.cfg.install_via is not InstallVia.STREAM:
+            return None
+        return Stream(scratch=self.state_dir / "scratch.img", pipe=self.state_dir / "stream")
+
+    @property
     def secrets(self) -> tuple[Path, ...]:
         """Host paths of staged secrets: never left behind."""
         return tuple(self.staged(f) for f in self.all_files if f.secret)
@@ -88,10 +102,15 @@ class Session:
     def stage(self) -> None:
         """Write the run id and every staged file into the target's state directory."""
         state_directory(self.target)
-        for stale in (self.stage_dir, self.state_dir / "run-id"):
-            remove(stale)
+        self.unstage()  # whatever an interrupted run or an older version left
         self.stage_dir.mkdir()
         (self.state_dir / "run-id").write_text(self.run_id + "\n", encoding="ascii")
+        if stream := self.stream:
+            # Sparse: the guest's file system takes only what it writes.
+            with stream.scratch.open("wb") as scratch:
+                scratch.truncate(SCRATCH_SIZE)
+            for end in (".in", ".out"):
+                os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
         for file in self.all_files:
             path = self.staged(file)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +121,11 @@ class Session:
 
     def unstage(self) -> None:
         """Remove what ``stage()`` wrote; the transcript stays."""
-        for secret in (*self.secrets, self.state_dir / "root.chpasswd"):  # the latter: where 0.1 staged the hash
-            secret.unlink(missing_ok=True)
+        remove(self.stage_dir)  # the staged secrets with it
+        self.state_dir.joinpath("root.chpasswd").unlink(missing_ok=True)  # where 0.1 staged the hash
         remove(self.state_dir / "run-id")
-        remove(self.stage_dir)
+        for name in ("scratch.img", "stream.in", "stream.out", "stream.tar"):
+            remove(self.state_dir / name)
 
 
 def remove(path: Path) -> None:

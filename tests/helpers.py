@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 
 import pycdlib
@@ -41,6 +43,37 @@ def password_file(directory: Path, password: str = "secret", mode: int = 0o600) 
     path.write_text(password + "\n")
     path.chmod(mode)
     return path
+
+
+Entry = tuple[object, ...]
+
+
+def tree(root: Path, skip: tuple[str, ...] = (".provision-arch",), content_skip: tuple[str, ...] = ()) -> dict[str, Entry]:
+    """Every entry below ``root`` as (type, mode, uid, gid, size, sha256, link target, xattrs): what
+    an install must reproduce exactly. ``content_skip`` names files compared without their content."""
+    entries: dict[str, Entry] = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if name.split("/", maxsplit=1)[0] in skip:
+            continue
+        st = path.lstat()
+        kind = stat.S_IFMT(st.st_mode)
+        digest = ""
+        if stat.S_ISREG(st.st_mode) and name not in content_skip:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+        try:
+            xattrs = {key: os.getxattr(path, key, follow_symlinks=False) for key in os.listxattr(path, follow_symlinks=False)}
+        except OSError:
+            xattrs = {}
+        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        entries[name] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, digest, link, sorted(xattrs.items()))
+    return entries
+
+
+def differences(one: dict[str, Entry], two: dict[str, Entry]) -> list[str]:
+    names = sorted(set(one) | set(two))
+    return [f"{name}: {one.get(name)} != {two.get(name)}" for name in names if one.get(name) != two.get(name)]
 
 
 def ssh_public_key(comment: str = "dev@laptop") -> str:

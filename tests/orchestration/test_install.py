@@ -24,8 +24,8 @@ from tests.helpers import password_file
 from tests.orchestration.conftest import PASSWORD, Fake, Run
 
 HOST_STEPS = ["preflight", "read-iso", "stage", "boot"]
-GUEST_STEPS = [step.name for step in STEPS]
-ALL_STEPS = [*HOST_STEPS, *GUEST_STEPS, "poweroff"]
+GUEST_STEPS = [step.name for step in STEPS if step.name != "stream"]  # the stream step runs with --install-via stream
+ALL_STEPS = [*HOST_STEPS, *GUEST_STEPS, "poweroff", "manifest"]
 
 
 def shadow_hash(target: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -108,9 +109,11 @@ def run(cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] 
         raise RepoBuildError(f"{shlex.join(cmd)} failed with status {proc.returncode}:\n{proc.stdout}")
 
 
-def _build_package(name: str, scratch: pathlib.Path, pkgdest: pathlib.Path, kver: str) -> None:
+def _build_package(
+    name: str, scratch: pathlib.Path, pkgdest: pathlib.Path, kver: str, source: pathlib.Path | None = None
+) -> None:
     workdir = scratch / name
-    shutil.copytree(PACKAGES_DIR / name, workdir)
+    shutil.copytree(source or PACKAGES_DIR / name, workdir)
     # makepkg writes src/ and pkg/ beside the PKGBUILD, as the build user.
     for path in [workdir, *workdir.rglob("*")]:
         shutil.chown(path, BUILD_USER)
@@ -176,6 +179,44 @@ def build_repo(out: pathlib.Path) -> None:
                 shutil.copyfile(full, link)
             for old in repodir.glob("*.old"):
                 old.unlink()
+
+
+PKGVER_RE = re.compile(r"^[A-Za-z0-9._+]+$")
+
+
+def build_package(source: pathlib.Path, out: pathlib.Path, *, pkgver: str | None = None) -> list[pathlib.Path]:
+    """Build the package whose PKGBUILD is in ``source`` (e.g. ``PACKAGES_DIR / "vim"``) into
+    the directory ``out``, as build_repo builds each package; with ``pkgver``, the
+    PKGBUILD's ``pkgver=`` line is replaced in the build's copy. Returns the new files
+    (no repo-add: the caller owns the database)."""
+    if os.geteuid() != 0:
+        raise RepoBuildError("building a stand-in package needs root (to run makepkg as nobody)")
+    if pkgver is not None and not PKGVER_RE.fullmatch(pkgver):
+        raise RepoBuildError(f"invalid pkgver {pkgver!r}")
+    kver = host_kernel_release()
+    with tempfile.TemporaryDirectory(prefix="standin-pkg-") as tmp:
+        scratch = pathlib.Path(tmp)
+        copy = scratch / "source"
+        shutil.copytree(source, copy)
+        if pkgver is not None:
+            pkgbuild = copy / "PKGBUILD"
+            text, count = re.subn(r"^pkgver=.*$", f"pkgver={pkgver}", pkgbuild.read_text(), flags=re.MULTILINE)
+            if count != 1:
+                raise RepoBuildError(f"{source / 'PKGBUILD'} has {count} pkgver= lines, not one")
+            pkgbuild.write_text(text)
+        pkgdest = scratch / "pkgs"
+        for path in (scratch / "build", pkgdest):
+            path.mkdir()
+        for path in (scratch, scratch / "build", pkgdest):
+            shutil.chown(path, BUILD_USER)
+        _build_package("package", scratch, pkgdest, kver, source=copy)
+        made = sorted(pkgdest.iterdir())
+        if not made:
+            raise RepoBuildError(f"makepkg made no package from {source}")
+        out.mkdir(parents=True, exist_ok=True)
+        for pkg in made:
+            shutil.copyfile(pkg, out / pkg.name)
+        return [out / pkg.name for pkg in made]
 
 
 def main(argv: list[str]) -> int:

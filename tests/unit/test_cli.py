@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from provisioner.cli import app
 from provisioner.config import Accel, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
+from provisioner.session import Session
 from tests.helpers import password_file
 
 runner = CliRunner()
@@ -136,7 +137,12 @@ def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monke
     """Every kind of key is taken from the file, the command line wins, and provision() gets the result."""
     seen: list[Config] = []
     monkeypatch.setattr("provisioner.cli.check_host", lambda host: [])
-    monkeypatch.setattr("provisioner.cli.provision", lambda session, events, cache: seen.append(session.cfg))
+
+    def provision(session: Session, *rest: object) -> Path:
+        seen.append(session.cfg)
+        return tmp_path / "manifest.json"
+
+    monkeypatch.setattr("provisioner.cli.provision", provision)
     key = tmp_path / "extra.asc"
     box = tmp_path / "box.toml"
     box.write_text(

@@ -71,7 +71,8 @@ def test_install_argv_boots_the_iso_kernel_with_a_serial_console(tmp_path: Path)
 
 def test_install_argv_passes_the_mirror_and_falls_back_to_the_label(tmp_path: Path) -> None:
     no_uuid = BootFiles(label="ARCH_202405", uuid=None, kernel=BOOT.kernel, initrd=BOOT.initrd)
-    append = option(install_argv(HW, tmp_path / "a.iso", no_uuid, tmp_path, "https://m.example/arch"), "-append")[0].split()
+    argv = install_argv(HW, tmp_path / "a.iso", no_uuid, tmp_path, mirror="https://m.example/arch")
+    append = option(argv, "-append")[0].split()
     assert "archisolabel=ARCH_202405" in append
     assert "mirror=https://m.example/arch" in append
 

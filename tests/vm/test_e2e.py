@@ -21,10 +21,11 @@ from typing import Any
 import pexpect
 import pytest
 
-from provisioner.config import build
+from provisioner.config import Config, InstallVia, build
 from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
+from tests.helpers import differences, tree
 from tests.vm.conftest import TIMES, E2EUser, as_user
 
 pytestmark = pytest.mark.vm
@@ -53,15 +54,15 @@ def user_qemus(uid: int) -> int:
     return count
 
 
-@pytest.fixture(scope="module")
-def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Installed:
+def install_as(user: E2EUser, cli: Path, workdir: Path, iso: Path, name: str, *extra: str) -> Installed:
+    """The CLI as the user, into workdir/NAME, sampling the process list while it runs."""
     password_file = workdir / "root-password"
     password_file.write_text(PASSWORD + "\n")
     os.chown(password_file, user.uid, user.gid)
     password_file.chmod(0o600)
-    base = workdir / "base"
-    argv = [str(cli), str(base), "--iso", str(standin_iso), "--password-file", str(password_file), "--hostname", HOSTNAME,
-            "--json"]  # fmt: skip
+    base = workdir / name
+    argv = [str(cli), str(base), "--iso", str(iso), "--password-file", str(password_file), "--hostname", HOSTNAME,
+            "--json", *extra]  # fmt: skip
     started = time.monotonic()
     most = 0
     with subprocess.Popen(as_user(user, workdir, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
@@ -77,7 +78,7 @@ def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Ins
             time.sleep(0.5)
         reader.join()
         err_reader.join()
-    TIMES["provision-arch ./base (install)"] = time.monotonic() - started
+    TIMES[f"provision-arch ./{name} {' '.join(extra)} (install)"] = time.monotonic() - started
     result = subprocess.CompletedProcess(argv, child.returncode, "".join(out), "".join(err))
     print(result.stderr)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
@@ -85,11 +86,46 @@ def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Ins
     return Installed(base, result, events, most)
 
 
+@pytest.fixture(scope="module")
+def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Installed:
+    """The install every test below checks: the default way."""
+    return install_as(user, cli, workdir, standin_iso, "base")
+
+
+@pytest.fixture(scope="module")
+def other_way(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path, installed: Installed) -> Installed:
+    """The same options, the tree sent the other way (stream if the default is 9p, and the reverse)."""
+    default = Config.__dataclass_fields__["install_via"].default
+    other = InstallVia.NINEP if default is InstallVia.STREAM else InstallVia.STREAM
+    return install_as(user, cli, workdir, standin_iso, f"base-{other.value}", "--install-via", other.value)
+
+
+# Files whose content differs between any two installs, whichever way: random keys (pacman's
+# keyring), the password hash's salt, install dates and times, and the initramfs (cpio mtimes).
+DIFFER_ANYWAY = ("etc/shadow", "var/log/pacman.log", "boot/initramfs-linux.img", "boot/initramfs-linux-fallback.img")
+
+
+def test_stream_and_9p_installs_give_the_same_tree(installed: Installed, other_way: Installed) -> None:
+    """Entry by entry: type, mode, uid, gid, size, content, link target, xattrs (ACLs and capabilities among them)."""
+    def content_skips(root: Path) -> tuple[str, ...]:
+        variable = [*root.glob("etc/pacman.d/gnupg/**/*"), *root.glob("var/lib/pacman/local/*/desc")]
+        return (*DIFFER_ANYWAY, *(str(path.relative_to(root)) for path in variable))
+
+    one = tree(installed.base, content_skip=content_skips(installed.base))
+    two = tree(other_way.base, content_skip=content_skips(other_way.base))
+    assert len(one) > 100
+    assert differences(one, two) == []
+    walls = {kind: done.events[-1]["seconds"] for kind, done in (("default", installed), ("other", other_way))}
+    TIMES["install wall, default way / other way"] = walls["default"]
+    TIMES["install wall, the other way"] = walls["other"]
+
+
 def test_install_succeeds_with_one_qemu_and_every_step(installed: Installed) -> None:
     assert installed.most_qemus == 1, f"{installed.most_qemus} QEMU processes ran at once"
     started = [e["step"] for e in installed.events if e["type"] == "step-started"]
     finished = {e["step"]: e["status"] for e in installed.events if e["type"] == "step-finished"}
-    assert started == ["preflight", "read-iso", "stage", "boot", *(step.name for step in STEPS), "poweroff"]
+    guest = [step.name for step in STEPS if step.enabled(build({"target": installed.base}))]
+    assert started == ["preflight", "read-iso", "stage", "boot", *guest, "poweroff", "manifest"]
     assert set(finished.values()) == {"ok"} and set(finished) == set(started)
     result = installed.events[-1]
     assert result["type"] == "result" and result["paths"]["target"] == str(installed.base)
