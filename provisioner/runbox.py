@@ -14,9 +14,13 @@ words never pass through the command line's quoting. The script:
 
 - sends its own output to /dev/console, the serial console (the unit's stdout goes to
   journald, which would forward it with a ``[time] name[pid]:`` prefix);
+- turns the kernel's console messages down (``dmesg -n 1``);
+- keeps the serial getty off the console (``systemd.mask=`` on the kernel command line does
+  that where systemd-debug-generator is installed; a runtime mask does it everywhere);
 - starts multi-user.target, so the command finds the box as a boot leaves it (network,
-  enabled services): the generator boots into its own target, which does not pull it in;
-- turns the kernel's console messages down (``dmesg -n 1``) and writes a start marker;
+  enabled services): the generator boots into its own target, which does not pull it in
+  (the command is part of the boot, so ``systemctl is-system-running`` says ``starting``);
+- writes a start marker;
 - runs the command with ``runuser -u USER --`` from the user's home, its words as given
   (quoted once, by ``shlex.join``, for the script's own shell), stdin from /dev/null;
 - writes an end marker with the exit status and exits with it.
@@ -54,7 +58,7 @@ RUN_DIR = "run"  # below the state directory
 SCRIPT = "command"
 GUEST_SCRIPT = PurePosixPath("/") / STATE / RUN_DIR / SCRIPT
 RUN_GENERATOR = "usr/lib/systemd/system-generators/systemd-run-generator"
-RUNUSER = "usr/bin/runuser"
+RUNUSER = ("usr/bin/runuser", "usr/sbin/runuser")  # Arch merges sbin into bin; either will do
 TRANSCRIPT = "run-console.log"  # below the state directory
 BOOT_TIMEOUT = 900.0  # seconds from QEMU's start to the start marker (TCG on a busy host is slow)
 POWEROFF_TIMEOUT = 120.0  # seconds from the end marker to QEMU's exit
@@ -93,8 +97,9 @@ def script(user: str, argv: Sequence[str], nonce: str) -> str:
         # Written by provision-arch run for one run, and removed after it. systemd runs it as
         # kernel-command-line.service (systemd.run= on the kernel command line).
         exec </dev/null >/dev/console 2>&1
-        systemctl start multi-user.target >/dev/null 2>&1
         dmesg -n 1 2>/dev/null
+        systemctl mask --runtime --quiet serial-getty@ttyS0.service 2>/dev/null
+        systemctl start multi-user.target >/dev/null 2>&1
         nonce={nonce}
         printf 'PA_RUN_%s_BEGIN\\n' "$nonce"
         runuser -u {q(user)} -- sh -c 'cd 2>/dev/null; exec "$@"' provision-arch-run {shlex.join(argv)}
@@ -104,13 +109,18 @@ def script(user: str, argv: Sequence[str], nonce: str) -> str:
         """)
 
 
+# A line ends in \r\r\n on our side: the guest's tty turns \n into \r\n, and QEMU's stdio
+# keeps output processing on (OPOST), so the pty between QEMU and us does it again.
+EOL = r"\r*\n"
+
+
 def begin_marker(nonce: str) -> str:
-    return rf"PA_RUN_{nonce}_BEGIN\r?\n"
+    return rf"PA_RUN_{nonce}_BEGIN{EOL}"
 
 
 def end_marker(nonce: str) -> re.Pattern[str]:
     """The end marker; it may follow output that did not end its line."""
-    return re.compile(rf"PA_RUN_{nonce}_END_(\d+)\r?\n")
+    return re.compile(rf"PA_RUN_{nonce}_END_(\d+){EOL}")
 
 
 def check_runnable(target: Path, user: str) -> None:
@@ -118,11 +128,11 @@ def check_runnable(target: Path, user: str) -> None:
     preflight.check_box(target, start=False)
     if not os.path.lexists(target / RUN_GENERATOR):
         raise UsageError(
-            f"{target} has no {RUN_GENERATOR.rsplit('/', 1)[1]}: run needs systemd (240 or later) as the box's init",
-            "Arch's base package brings systemd; a box without it can only be booted: provision-arch boot",
+            f"{target} has no /{RUN_GENERATOR}: run needs systemd (240 or later) as the box's init",
+            "Arch's systemd package ships it; a box without it can only be booted: provision-arch boot",
         )
-    if not os.path.lexists(target / RUNUSER):
-        raise UsageError(f"{target} has no /{RUNUSER}", "install util-linux in the box (Arch's base brings it)")
+    if not any(os.path.lexists(target / path) for path in RUNUSER):
+        raise UsageError(f"{target} has no /{RUNUSER[0]}", "install util-linux in the box (Arch's base brings it)")
     validate.account(user, "--user")
     try:
         names = {line.split(":", 1)[0] for line in (target / "etc/passwd").read_text().splitlines()}
@@ -188,7 +198,7 @@ def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus) -
 def stream(child: pexpect.spawn[str], nonce: str, events: Bus, timeout: float | None) -> int:
     """Hand each line the command prints to the events until the end marker; its status."""
     patterns: list[re.Pattern[str] | re.Pattern[bytes] | str | bytes | type[pexpect.EOF] | type[pexpect.TIMEOUT]] = [
-        end_marker(nonce), re.compile(r"\r?\n"), pexpect.EOF, pexpect.TIMEOUT,
+        end_marker(nonce), re.compile(EOL), pexpect.EOF, pexpect.TIMEOUT,
     ]  # fmt: skip
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

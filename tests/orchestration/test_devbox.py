@@ -241,3 +241,12 @@ def test_sudo_without_the_sudo_package_is_a_warning(install: Any, fake: Fake, tm
     run = install("--config", str(write_config(tmp_path, '[[users]]\nname = "dev"\nsudo = true\n')))
     assert run.exit_code == 0, run.stderr
     assert any(e["type"] == "note" and "add sudo to packages" in e["message"] for e in run.events)
+
+
+def test_enable_service_on_the_command_line(install: Any, fake: Fake, tmp_path: Path) -> None:
+    run = install("--package", "base linux openssh", "--enable-service", "sshd", "--enable-service", "systemd-resolved.service")
+    assert run.exit_code == 0, run.stderr
+    steps = run.steps()
+    assert run.finished()["services"] == "ok" and steps.index("password") < steps.index("services") < steps.index("unmount")
+    assert "arch-chroot /mnt systemctl enable sshd systemd-resolved.service" in fake.typed()
+    assert (tmp_path / "base/etc/systemd/system/multi-user.target.wants/sshd.service").is_symlink()

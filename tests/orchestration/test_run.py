@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +104,7 @@ def test_without_json_stdout_is_the_commands_output(run: Any) -> None:
     ("args", "prepare", "message"),
     [(["--user", "nobody-here"], None, "there is no user 'nobody-here'"),
      (["--user", "Bad;user"], None, "invalid user name 'Bad;user'"),
-     ([], RUN_GENERATOR, "has no systemd-run-generator"),
+     ([], RUN_GENERATOR, "systemd-run-generator: run needs systemd"),
      ([], "boot/vmlinuz-linux", "is not an installed system")],
     ids=["no-such-user", "hostile-user", "no-systemd", "not-installed"],
 )  # fmt: skip
@@ -148,4 +151,22 @@ def test_kvm_that_hangs_falls_back_to_tcg(run: Any, fake: Fake, box: Path, monke
     assert result.exit_code == 0, result.stderr
     kvm, tcg = run_launches(fake)
     assert "kvm" in kvm["argv"] and "tcg" in tcg["argv"] and kvm["end"] <= tcg["time"]
+    assert_clean(fake, box)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_run_stops_the_box_and_leaves_nothing(sig: int, box: Path, fake: Fake) -> None:
+    """The CLI as its own process, interrupted while the command runs."""
+    argv = [sys.executable, "-c", "from provisioner.cli import main; main()", "run", str(box), "--accel", "tcg", "--json",
+            "--", "sh", "-c", "echo started; sleep 60"]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cli:
+        assert cli.stdout is not None
+        for line in cli.stdout:
+            if json.loads(line) == {"type": "output", "text": "started\n"}:
+                break
+        cli.send_signal(sig)
+        rest, stderr = cli.communicate(timeout=60)
+    assert cli.returncode == ExitCode.INTERRUPTED, stderr
+    last = json.loads(rest.splitlines()[-1])
+    assert last["type"] == "error" and last["exit_code"] == ExitCode.INTERRUPTED
     assert_clean(fake, box)
