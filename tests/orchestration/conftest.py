@@ -83,7 +83,7 @@ def leftovers(record: Path) -> list[int]:
     return found
 
 
-def _gone(pid: int, within: float = 5.0) -> bool:
+def _gone(pid: int, within: float = 20.0) -> bool:
     """True once ``pid`` has exited (a process that recorded its end may still be exiting)."""
     deadline = time.monotonic() + within
     while _alive(pid):
