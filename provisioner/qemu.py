@@ -130,9 +130,10 @@ class Stream:
 
 def stream_argv(stream: Stream) -> list[str]:
     return [
-        # cache=unsafe: the scratch disk is thrown away; its flushes would only cost time.
-        "-drive", f"file={qemu_value(stream.scratch.resolve())},if=virtio,format=raw,cache=unsafe,discard=unmap,"
-                  f"serial={SCRATCH_SERIAL}",
+        # cache=unsafe: the scratch disk is thrown away; its flushes would only cost time. The
+        # serial names it in the guest (/dev/disk/by-id/virtio-SERIAL), whatever else is attached.
+        "-drive", f"file={qemu_value(stream.scratch.resolve())},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap",
+        "-device", f"virtio-blk-pci,drive=scratch,serial={SCRATCH_SERIAL}",
         "-device", "virtio-serial-pci",
         "-chardev", f"pipe,id=stream,path={qemu_value(stream.pipe.resolve())}",
         "-device", f"virtserialport,chardev=stream,name={STREAM_PORT}",
