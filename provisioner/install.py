@@ -336,10 +336,10 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
     with Receiver(session.stream.pipe.with_name(session.stream.pipe.name + ".out"), archive) as receiver:
         # Busybox runs its own applets before PATH, so GNU tar by its path. The share's bind
         # mount is no part of the tree, nor is the scratch file system's lost+found.
-        keep = " ".join(q(flag) for flag in TAR_KEEP)
+        keep = " ".join(q(flag) for flag in (*TAR_KEEP, "--sparse", "--one-file-system", "--exclude=./lost+found"))
         result = con.check(
             f"umount {GUEST_STATE} && rmdir {GUEST_STATE} && (set -o pipefail; cd {MNT} && "
-            f"/usr/bin/tar -c {keep} --sparse --one-file-system --exclude=./lost+found -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            f"/usr/bin/tar -c {keep} -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
