@@ -14,11 +14,13 @@ a stand-in in the works).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,34 @@ def repository_packages(iso: Path) -> set[str]:
         image.close()
 
 
+# What the dev-box steps and `run` use in the installed system: coreutils' install (keys,
+# sudoers), shadow's useradd, util-linux's runuser and systemd's run generator.
+NEEDED_FILES = ("usr/bin/install", "usr/bin/useradd", "usr/bin/runuser",
+                "usr/lib/systemd/system-generators/systemd-run-generator")  # fmt: skip
+
+
+def repository_files(iso: Path) -> set[str]:
+    """Every file the stand-in repository's packages install, from its <repo>.files databases."""
+    image = pycdlib.PyCdlib()
+    image.open(str(iso))
+    found: set[str] = set()
+    try:
+        for repo in ("core", "extra"):
+            data = io.BytesIO()
+            try:
+                image.get_file_from_iso_fp(data, rr_path=f"/repo/{repo}/os/x86_64/{repo}.files")
+            except pycdlib.pycdlibexception.PyCdlibException:
+                continue
+            data.seek(0)
+            with tarfile.open(fileobj=data) as db:
+                for member in db:
+                    if member.name.endswith("/files") and (handle := db.extractfile(member)) is not None:
+                        found.update(line for line in handle.read().decode().splitlines() if not line.startswith("%"))
+    finally:
+        image.close()
+    return found
+
+
 def no_systemd(base: Path) -> bool:
     return not os.path.lexists(base / SYSTEMD)
 
@@ -77,6 +107,8 @@ def devbox_iso(standin_iso: Path) -> Path:
     """The stand-in, if it can build this box at all (checked before anything is set up)."""
     if missing := sorted({"openssh", "sudo"} - repository_packages(standin_iso)):
         pytest.skip(f"the stand-in's repository has no {', '.join(missing)}: it has no systemd box to build yet (issue 8)")
+    if absent := sorted(set(NEEDED_FILES) - repository_files(standin_iso)):
+        pytest.skip(f"the stand-in's packages lack {', '.join(absent)}: it cannot build this dev box yet (issue 8)")
     if not shutil.which("ssh") or not shutil.which("ssh-keygen"):
         pytest.skip("the host has no ssh client (apt-get install openssh-client)")
     return standin_iso
