@@ -50,7 +50,8 @@ Entry = tuple[object, ...]
 
 def tree(root: Path, skip: tuple[str, ...] = (".provision-arch",), content_skip: tuple[str, ...] = ()) -> dict[str, Entry]:
     """Every entry below ``root`` as (type, mode, uid, gid, size, sha256, link target, xattrs): what
-    an install must reproduce exactly. ``content_skip`` names files compared without their content."""
+    an install must reproduce exactly. ``content_skip`` names files compared without their content
+    (nor its size): those whose bytes differ between any two installs."""
     entries: dict[str, Entry] = {}
     for path in sorted(root.rglob("*")):
         name = str(path.relative_to(root))
@@ -61,12 +62,12 @@ def tree(root: Path, skip: tuple[str, ...] = (".provision-arch",), content_skip:
         digest = ""
         if stat.S_ISREG(st.st_mode) and name not in content_skip:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        size = st.st_size if stat.S_ISREG(st.st_mode) and name not in content_skip else 0
         link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
         try:
             xattrs = {key: os.getxattr(path, key, follow_symlinks=False) for key in os.listxattr(path, follow_symlinks=False)}
         except OSError:
             xattrs = {}
-        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
         entries[name] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, digest, link, sorted(xattrs.items()))
     return entries
 
