@@ -77,13 +77,14 @@ def test_a_finished_target_is_not_reinstalled_by_accident(install: Any, fake: Fa
     assert "--force" in again.events[-1]["hint"] and len(fake.launches()) == 1
 
 
-def interrupted_during_pacstrap(fake: Fake, iso: Path, tmp_path: Path, *extra: str) -> Path:
+def interrupted_during(tool: str, fake: Fake, iso: Path, tmp_path: Path, *extra: str) -> Path:
+    """The CLI as its own process, stopped with SIGTERM while the guest runs ``tool``; the target."""
     target = tmp_path / "base"
     argv = [sys.executable, "-c", "from provisioner.cli import main; main()", str(target), "--iso", str(iso),
             "--password-file", str(password_file(tmp_path, PASSWORD)), "--accel", "tcg", *extra]  # fmt: skip
-    with subprocess.Popen(argv, env={**os.environ, "FAKE_HANG": "pacstrap"}, stderr=subprocess.PIPE, text=True) as run:
+    with subprocess.Popen(argv, env={**os.environ, "FAKE_HANG": tool}, stderr=subprocess.PIPE, text=True) as run:
         deadline = time.monotonic() + 60
-        while "pacstrap" not in fake.commands():
+        while tool not in fake.commands():
             assert time.monotonic() < deadline and run.poll() is None
             time.sleep(0.05)
         run.send_signal(signal.SIGTERM)
@@ -93,7 +94,7 @@ def interrupted_during_pacstrap(fake: Fake, iso: Path, tmp_path: Path, *extra: s
 
 
 def test_a_changed_config_on_an_unfinished_target_is_refused(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
-    target = interrupted_during_pacstrap(fake, iso, tmp_path, "--hostname", "one")
+    target = interrupted_during("pacstrap", fake, iso, tmp_path, "--hostname", "one")
     run = install("--hostname", "two", target=target)
     error = run.events[-1]
     assert run.exit_code == ExitCode.USAGE and "hostname: 'one' → 'two'" in error["message"]
@@ -103,7 +104,7 @@ def test_a_changed_config_on_an_unfinished_target_is_refused(fake: Fake, iso: Pa
 def test_an_interrupted_install_resumes_and_ends_as_an_uninterrupted_one(
     fake: Fake, iso: Path, tmp_path: Path, install: Any
 ) -> None:
-    target = interrupted_during_pacstrap(fake, iso, tmp_path)
+    target = interrupted_during("pacstrap", fake, iso, tmp_path)
     resumed = install(target=target)
     assert resumed.exit_code == 0, resumed.stderr
     assert any(e["type"] == "note" and e["message"].startswith("resuming") for e in resumed.events)
@@ -117,17 +118,7 @@ def test_an_interrupted_install_resumes_and_ends_as_an_uninterrupted_one(
 
 
 def test_a_resumed_run_skips_the_target_steps_done_before(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
-    target = tmp_path / "base"
-    pw = password_file(tmp_path, PASSWORD)
-    argv = [sys.executable, "-c", "from provisioner.cli import main; main()", str(target), "--iso", str(iso),
-            "--password-file", str(pw), "--accel", "tcg"]  # fmt: skip
-    with subprocess.Popen(argv, env={**os.environ, "FAKE_HANG": "mkinitcpio"}, stderr=subprocess.PIPE, text=True) as run:
-        deadline = time.monotonic() + 60
-        while "mkinitcpio" not in fake.commands():
-            assert time.monotonic() < deadline and run.poll() is None
-            time.sleep(0.05)
-        run.send_signal(signal.SIGTERM)
-        run.communicate(timeout=60)
+    target = interrupted_during("mkinitcpio", fake, iso, tmp_path)
     resumed = install(target=target)
     assert resumed.exit_code == 0, resumed.stderr
     skipped = [e["step"] for e in resumed.events if e["type"] == "step-skipped" and e["step"] != "stream"]

@@ -107,22 +107,23 @@ def pinned(day: Day) -> tuple[str, ...]:
     return ("--snapshot", day.date.isoformat(), "--packages", " ".join(PACKAGES))
 
 
-@pytest.fixture(scope="module")
-def a(mirror: Mirror, standin_iso: pathlib.Path, workdir: pathlib.Path) -> Install:
-    target = workdir / "a"
-    done = run("A: DAY1, cold cache", argv(target, workdir, standin_iso, mirror, *pinned(DAY1), "--package-cache",
-                                             str(workdir / "cache-1")), mirror, target)  # fmt: skip
+def pinned_install(name: str, day: Day, mirror: Mirror, iso: pathlib.Path, workdir: pathlib.Path) -> Install:
+    """A successful install pinned to ``day`` into workdir/NAME, with a cache of its own (cold)."""
+    target = workdir / name
+    command = argv(target, workdir, iso, mirror, *pinned(day), "--package-cache", str(workdir / f"cache-{name}"))
+    done = run(f"{name.upper()}: {day.date}, cold cache", command, mirror, target)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+@pytest.fixture(scope="module")
+def a(mirror: Mirror, standin_iso: pathlib.Path, workdir: pathlib.Path) -> Install:
+    return pinned_install("a", DAY1, mirror, standin_iso, workdir)
 
 
 @pytest.fixture(scope="module")
 def b(mirror: Mirror, standin_iso: pathlib.Path, workdir: pathlib.Path) -> Install:
-    target = workdir / "b"
-    done = run("B: DAY2, cold cache", argv(target, workdir, standin_iso, mirror, *pinned(DAY2), "--package-cache",
-                                             str(workdir / "cache-2")), mirror, target)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+    return pinned_install("b", DAY2, mirror, standin_iso, workdir)
 
 
 def test_each_snapshot_installs_its_days_versions_over_http(a: Install, b: Install) -> None:
@@ -144,7 +145,7 @@ def test_a_rebuild_from_the_manifest_with_a_warm_cache(
     target = workdir / "c"
     manifest = a.target / ".provision-arch/manifest.json"
     done = run("C: --from-manifest A, warm cache", argv(target, workdir, standin_iso, mirror, "--from-manifest",
-                                                          str(manifest), "--package-cache", str(workdir / "cache-1")),
+                                                          str(manifest), "--package-cache", str(workdir / "cache-a")),
                mirror, target)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.manifest()["packages"] == a.manifest()["packages"]
