@@ -51,16 +51,11 @@ def check_source(source: Path, key: str) -> None:
 
 def parse_files(value: Any, base: Path, key: str) -> tuple[CopiedFile, ...]:
     """The ``files`` key of a config file: a list of tables, ``[[files]]`` in TOML."""
-    if not isinstance(value, list):
-        raise validate.refuse(key, f"must be a list of tables ([[files]]), not {value!r}", "see README 'A dev box'")
-    return tuple(parse_file(item, base, f"{key}[{i}]") for i, item in enumerate(value))
+    return validate.tables(value, base, key, "files", parse_file)
 
 
 def parse_file(table: Any, base: Path, key: str) -> CopiedFile:
-    if not isinstance(table, dict):
-        raise validate.refuse(key, f"must be a table with source and path, not {table!r}", "see README 'A dev box'")
-    if unknown := sorted(set(table) - set(FIELDS)):
-        raise validate.refuse(key, f"unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(FIELDS)}")
+    table = validate.table(table, key, FIELDS, "source and path")
     for required in ("source", "path"):
         if required not in table:
             raise validate.refuse(key, f"has no {required}", 'source = "motd.txt" and path = "/etc/motd"')

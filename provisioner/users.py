@@ -135,16 +135,11 @@ def read_key_file(path: Path, key: str) -> tuple[str, ...]:
 
 def parse_users(value: Any, base: Path, key: str) -> tuple[User, ...]:
     """The ``users`` key of a config file: a list of tables, ``[[users]]`` in TOML."""
-    if not isinstance(value, list):
-        raise validate.refuse(key, f"must be a list of tables ([[users]]), not {value!r}", "see README 'A dev box'")
-    return tuple(parse_user(item, base, f"{key}[{i}]") for i, item in enumerate(value))
+    return validate.tables(value, base, key, "users", parse_user)
 
 
 def parse_user(table: Any, base: Path, key: str) -> User:
-    if not isinstance(table, dict):
-        raise validate.refuse(key, f"must be a table with a name, not {table!r}", "[[users]]\nname = \"dev\"")
-    if unknown := sorted(set(table) - set(FIELDS)):
-        raise validate.refuse(key, f"unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(FIELDS)}")
+    table = validate.table(table, key, FIELDS, "a name")
     if "name" not in table:
         raise validate.refuse(key, "has no name", 'every [[users]] table needs name = "…"')
     sudo = table.get("sudo", False)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from pathlib import PurePosixPath
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from provisioner.errors import UsageError
 
@@ -39,6 +40,25 @@ MAX_QUOTED_COMMAND = 3000
 
 def refuse(key: str, problem: str, hint: str) -> UsageError:
     return UsageError(f"config key {key}: {problem}", hint)
+
+
+T = TypeVar("T")
+
+
+def tables(value: Any, base: Path, key: str, kind: str, parse: Callable[[Any, Path, str], T]) -> tuple[T, ...]:
+    """A config key holding a list of tables (``[[kind]]`` in TOML), each read by ``parse``."""
+    if not isinstance(value, list):
+        raise refuse(key, f"must be a list of tables ([[{kind}]]), not {value!r}", "see README 'A dev box'")
+    return tuple(parse(item, base, f"{key}[{i}]") for i, item in enumerate(value))
+
+
+def table(value: Any, key: str, fields: tuple[str, ...], holding: str) -> dict[str, Any]:
+    """One of those tables, with no field it does not know."""
+    if not isinstance(value, dict):
+        raise refuse(key, f"must be a table with {holding}, not {value!r}", "see README 'A dev box'")
+    if unknown := sorted(set(value) - set(fields)):
+        raise refuse(key, f"unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(fields)}")
+    return value
 
 
 def string(value: Any, key: str, what: str) -> str:
