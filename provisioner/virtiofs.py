@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from provisioner.errors import HostError
 from provisioner.qemu import die_with_parent, wrap
@@ -162,6 +163,16 @@ def _end(process: subprocess.Popen[bytes], grace: float) -> int:
     return process.wait()
 
 
+def _spawn(argv: list[str], *, hint: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a helper that dies with us (PR_SET_PDEATHSIG, which only the child can set; no
+    threads run at this point), in a session of its own, so that a Ctrl-C at the terminal
+    stays the guest's. A missing program is a host problem, not a crash."""
+    try:
+        return subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **popen)  # noqa: PLW1509
+    except OSError as exc:
+        raise HostError(f"cannot start {argv[0]}: {exc.strerror or exc}", hint) from exc
+
+
 @contextlib.contextmanager
 def user_namespace() -> Iterator[list[str]]:
     """A user namespace mapped as QEMU's (``unshare --map-auto --map-root-user``), open until
@@ -173,11 +184,9 @@ def user_namespace() -> Iterator[list[str]]:
     """
     argv = ["unshare", "--map-auto", "--map-root-user", "sh", "-c", "echo ready && read _"]
     log.debug("+ %s", shlex.join(argv))
-    # preexec_fn: PR_SET_PDEATHSIG can only be set in the child; no threads run at this point.
-    # A session of its own keeps the terminal's Ctrl-C for QEMU's guest.
-    holder = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509
+    holder = _spawn(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        hint="install util-linux (unshare) and uidmap; provision-arch doctor names what is missing",
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdin is not None
@@ -216,10 +225,8 @@ def start_virtiofsd(daemon: Virtiofsd, source: Path, enter: Sequence[str] = ()) 
             argv = [*enter, *virtiofsd_argv(daemon, source, listener.fileno(), nofile_limit())]
             log.debug("+ %s", shlex.join(argv))
             with (runtime / "virtiofsd.log").open("wb") as errors:
-                process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, pass_fds=[listener.fileno()],
-                    start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509 (as for the holder)
-                )  # fmt: skip
+                process = _spawn(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
+                                 pass_fds=[listener.fileno()], hint=INSTALL_HINT)  # fmt: skip
         finally:
             # Only the daemon may hold the listener: were ours left open after the daemon
             # died, QEMU's connection would wait in the backlog forever instead of failing.

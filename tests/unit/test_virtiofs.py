@@ -135,3 +135,10 @@ def test_no_daemon_is_a_host_error_with_the_package_to_install(tmp_path: Path, m
     with pytest.raises(HostError) as error:
         describe(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=True)
     assert "qemu-system-common" in error.value.hint
+
+
+def test_a_helper_that_cannot_start_is_a_host_error(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as error:
+        virtiofs._spawn([str(tmp_path / "no-such-virtiofsd")], hint="install it")
+    assert error.value.message.startswith(f"cannot start {tmp_path}/no-such-virtiofsd: No such file")
+    assert error.value.hint == "install it"

@@ -100,9 +100,6 @@ def test_boot_on_virtiofs_and_log_in(booting: pexpect.spawn[str], user: E2EUser,
     # One user namespace for both, not ours: the same mapping reaches the files either way.
     namespaces = {os.readlink(f"/proc/{pid}/ns/user") for pid in (daemon, qemu)}
     assert len(namespaces) == 1 and os.readlink("/proc/self/ns/user") not in namespaces
-    limits = Path(f"/proc/{daemon}/limits").read_text()
-    hard = int(re.search(r"Max open files\s+\d+\s+(\d+)", limits)[1])  # type: ignore[index]
-    assert re.search(rf"Max open files\s+{hard}\s+{hard}", limits), "virtiofsd was not given the hard limit"
 
     child = booting
     child.expect(f"{HOSTNAME} login: ")
@@ -110,6 +107,10 @@ def test_boot_on_virtiofs_and_log_in(booting: pexpect.spawn[str], user: E2EUser,
     child.expect("Password: ")
     child.send(PASSWORD + "\r")
     child.expect("# ")
+    # Read now, not as soon as virtiofsd runs: it raises its limit after parsing its options.
+    limits = Path(f"/proc/{daemon}/limits").read_text()
+    hard = int(re.search(r"Max open files\s+\d+\s+(\d+)", limits)[1])  # type: ignore[index]
+    assert re.search(rf"Max open files\s+{hard}\s+{hard}", limits), "virtiofsd was not given the hard limit"
     child.send("echo ROOT=$(grep -c '^fsRoot / virtiofs ' /proc/mounts)\r")
     child.expect(r"ROOT=(\d+)")
     assert isinstance(child.match, re.Match) and child.match[1] == "1"
