@@ -75,7 +75,7 @@ _SYSTEMD_UNITS = (
     "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service",
     "systemd-tmpfiles-clean.service", "systemd-tmpfiles-clean.timer", "systemd-sysusers.service",
     "systemd-sysctl.service", "systemd-modules-load.service", "systemd-random-seed.service",
-    "systemd-remount-fs.service", "systemd-update-utmp.service",
+    "systemd-remount-fs.service", "systemd-update-utmp.service", "systemd-machine-id-commit.service",
     "systemd-update-utmp-runlevel.service", "modprobe@.service",
     "dev-hugepages.mount", "dev-mqueue.mount", "sys-kernel-config.mount",
     "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
@@ -140,6 +140,8 @@ PARTS: tuple[Part, ...] = (
     Part(
         "glibc", ("libc6", "libc-bin"), ("/sbin/ldconfig", "/usr/bin/getent"),
         "GNU C library (Debian 12 build): libc, the loader, ldconfig, getent",
+        # As on Arch: so pacman installs the layout (/lib64, /bin links) before anything runs.
+        depends=("filesystem", "tzdata"),
     ),
     Part(
         "bash", ("bash",), _bins("bash"),
@@ -174,7 +176,8 @@ PARTS: tuple[Part, ...] = (
                 "journald", "logind", "networkd", "resolved", "system", "user")),
         ),
         "system and service manager (Debian 12 build, cut to what a QEMU guest uses)",
-        depends=("dbus", "kmod", "pam", "util-linux"),
+        # busybox is /usr/bin/sh, which runs the install scriptlet.
+        depends=("busybox", "dbus", "kmod", "pam", "util-linux"),
     ),
     Part(
         "systemd-sysvcompat", ("systemd-sysv",), _bins("init", "halt", "poweroff", "reboot", "shutdown"),

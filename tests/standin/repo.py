@@ -28,7 +28,7 @@ ARCH = "x86_64"
 # Which repository each package lives in, as on Arch. The packages cut from
 # Debian (debian.PARTS and the libraries they need) are added to core.
 REPOS: dict[str, list[str]] = {
-    "core": ["busybox", "base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring", "pambase"],
+    "core": ["filesystem", "tzdata", "busybox", "base", "linux", "mkinitcpio", "base-devel", "archlinux-keyring", "pambase"],
     "extra": ["vim", "man-db", "man-pages"],
 }
 # The PKGBUILD of a package cut from Debian that has no directory of its own.
@@ -37,7 +37,7 @@ BUILD_USER = "nobody"
 # Fixed timestamps make the packages depend on the inputs only.
 SOURCE_DATE_EPOCH = "1704067200"
 
-# Zones (base) and kernel modules (linux) the packages ship; passed to makepkg.
+# Zones (tzdata) and kernel modules (linux) the packages ship; passed to makepkg.
 ZONES = ["Etc/UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Shanghai", "Asia/Tokyo"]
 STANDIN_MODULES = [
     "9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "virtio", "virtio_ring", "virtio_pci",
