@@ -31,6 +31,7 @@ from provisioner import __version__, preflight, state
 from provisioner.boot import RootFs, boot_command, describe
 from provisioner.config import (
     Accel,
+    MachineType,
     OptionField,
     box_record,
     build,
@@ -105,6 +106,9 @@ def main_callback(
 Memory = Annotated[int, typer.Option(metavar="MIB", help="Guest memory in MiB.")]
 Cpus = Annotated[int, typer.Option(metavar="N", help="Guest CPUs.")]
 AccelOption = Annotated[Accel, typer.Option(help="auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.")]
+MachineOption = Annotated[
+    MachineType, typer.Option(help="QEMU machine type: pc (i440FX, as the install uses; NIC ens3) or q35 (PCIe; NIC enp0s2).")
+]
 Json = Annotated[
     bool, typer.Option("--json", help="Print events as JSON lines on stdout (see README); human text stays on stderr.")
 ]
@@ -280,6 +284,7 @@ def boot(
     memory: Memory = 2048,
     cpus: Cpus = 2,
     accel: AccelOption = Accel.AUTO,
+    machine: MachineOption = MachineType.PC,
     fs: Annotated[
         RootFs, typer.Option(help="How the root is shared: QEMU's 9p, or virtiofs (faster; needs virtiofsd, see doctor).")
     ] = RootFs.NINEP,
@@ -288,7 +293,7 @@ def boot(
     with reporting("boot", target, json=False, verbose=False):
         forwards = [parse_forward(ssh_port)] if ssh_port else []
         preflight.check_box(target, start=not print_only)
-        hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel))
+        hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel), machine=machine)
         root = preflight.is_root()
         if print_only:
             print(describe(target, hw, fs, as_root=root, forwards=forwards))
@@ -318,6 +323,7 @@ def run(
     memory: Memory = 2048,
     cpus: Cpus = 2,
     accel: AccelOption = Accel.AUTO,
+    machine: MachineOption = MachineType.PC,
     json: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -332,7 +338,7 @@ def run(
     with reporting("run", target, json=json, verbose=verbose) as events:
         if not json:
             events.sinks.append(_print_output)
-        request = RunRequest(target, tuple(command), user, memory, cpus, accel, timeout)
+        request = RunRequest(target, tuple(command), user, memory, cpus, accel, timeout, machine)
         status = run_in_box(request, events)
         transcript = target / STATE / TRANSCRIPT
         paths = {"target": str(target), "transcript": str(transcript)}

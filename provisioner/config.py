@@ -55,6 +55,13 @@ class Accel(StrEnum):
     TCG = "tcg"
 
 
+class MachineType(StrEnum):
+    """QEMU's machine type for a booted box (the install always uses pc)."""
+
+    PC = "pc"  # i440FX: the NIC is ens3
+    Q35 = "q35"  # PCIe: the NIC is enp0s2
+
+
 class InstallVia(StrEnum):
     NINEP = "9p"  # the guest writes the tree over the share
     STREAM = "stream"  # the guest builds it on a scratch disk and sends one tar to the host

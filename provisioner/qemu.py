@@ -25,7 +25,7 @@ from types import TracebackType
 
 import pexpect
 
-from provisioner.config import Accel
+from provisioner.config import Accel, MachineType
 from provisioner.errors import HostError, UsageError
 from provisioner.iso import BootFiles
 
@@ -53,6 +53,7 @@ class Hardware:
     memory: int
     cpus: int
     accel: Accel  # KVM or TCG here: AUTO is resolved before argv is built
+    machine: MachineType = MachineType.PC
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _common(hw: Hardware, share: Path | None, forwards: Sequence[Forward] = ()) 
     cpu = "host" if hw.accel is Accel.KVM else "max"
     return [
         QEMU,
-        "-machine", "pc,dump-guest-core=off",
+        "-machine", f"{hw.machine.value},dump-guest-core=off",
         "-accel", hw.accel.value,
         "-cpu", cpu,
         "-m", str(hw.memory),

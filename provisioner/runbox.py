@@ -46,7 +46,7 @@ from shlex import quote as q
 import pexpect
 
 from provisioner import preflight, validate
-from provisioner.config import Accel
+from provisioner.config import Accel, MachineType
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
 from provisioner.events import Bus, Output
@@ -75,6 +75,7 @@ class RunRequest:
     cpus: int = 2
     accel: Accel = Accel.AUTO
     timeout: float | None = None  # seconds for the command itself; None: as long as it takes
+    machine: MachineType = MachineType.PC
 
 
 def kernel_args() -> list[str]:
@@ -172,7 +173,7 @@ def stage_script(path: Path, text: str) -> None:
 
 def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus) -> int:
     def make(accel: Accel) -> Machine:
-        hw = Hardware(memory=request.memory, cpus=request.cpus, accel=accel)
+        hw = Hardware(memory=request.memory, cpus=request.cpus, accel=accel, machine=request.machine)
         transcript.note(f"starting QEMU ({accel.value})")
         argv = wrap(run_argv(hw, request.target, kernel_args()), as_root=preflight.is_root())
         return Machine(argv, logfile=transcript)

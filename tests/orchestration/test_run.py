@@ -94,6 +94,12 @@ def test_as_a_user_from_their_home(run: Any, fake: Fake, box: Path) -> None:
     assert "runuser -u dev -- sh -c" in fake.commands()
 
 
+def test_the_machine_type_reaches_qemu(run: Any, fake: Fake) -> None:
+    assert run("--machine", "q35", "--", "true").exit_code == 0
+    (launch,) = run_launches(fake)
+    assert launch["argv"][launch["argv"].index("-machine") + 1].startswith("q35,")
+
+
 def test_without_json_stdout_is_the_commands_output(run: Any) -> None:
     result = run("--", "sh", "-c", "echo hello; echo world", json_lines=False)
     assert result.exit_code == 0 and result.stdout == "hello\nworld\n"

@@ -100,6 +100,7 @@ _SYSTEMD_LIBEXEC = (
     "systemd-sysctl", "systemd-modules-load", "systemd-random-seed", "systemd-user-sessions",
     "systemd-user-runtime-dir", "systemd-update-utmp", "resolv.conf",
     "system-generators/systemd-getty-generator", "system-generators/systemd-fstab-generator",
+    "system-generators/systemd-run-generator",  # systemd.run=, which `provision-arch run` uses
     "network/99-default.link",
 )  # fmt: skip
 
@@ -196,8 +197,8 @@ PARTS: tuple[Part, ...] = (
     ),
     Part(
         "util-linux", ("util-linux", "mount", "login"),
-        _bins("agetty", "sulogin", "su", "findmnt", "mount", "umount", "login", "nologin"),
-        "system utilities: agetty, login, mount, su, sulogin (Debian 12 build)",
+        _bins("agetty", "sulogin", "su", "runuser", "findmnt", "mount", "umount", "login", "nologin"),
+        "system utilities: agetty, login, mount, su, runuser, sulogin (Debian 12 build)",
         depends=("pam",),
     ),
     Part(
@@ -214,6 +215,14 @@ PARTS: tuple[Part, ...] = (
         ),
         "PAM: libpam and the modules the stand-in's PAM stacks use (Debian 12 build)",
         depends=("pambase",),
+    ),
+    Part(
+        "coreutils", ("coreutils",), _bins("install"),
+        "install from the GNU core utilities (Debian 12 build; the rest is busybox)",
+    ),
+    Part(
+        "pacman", ("pacman-package-manager",), _bins("pacman", "pacman-conf", "pacman-key"),
+        "package manager (Debian 12 build of pacman 6.0; not in base: only boxes that ask get it)",
     ),
     Part(
         "kmod", ("kmod",), _bins("kmod", "lsmod", "modprobe", "insmod", "rmmod", "depmod", "modinfo"),
@@ -287,6 +296,32 @@ LIBRARIES: dict[str, str] = {
     "libbz2-1.0": "bzip2",
     "libtinfo6": "ncurses",
     "libapparmor1": "apparmor",
+    # pacman's: libalpm, and curl, gpgme, libarchive with what they link.
+    "libalpm13": "pacman",
+    "libarchive13": "libarchive",
+    "libcurl4": "curl",
+    "libgpgme11": "gpgme",
+    "libassuan0": "libassuan",
+    "libbrotli1": "brotli",
+    "libffi8": "libffi",
+    "libgcc-s1": "gcc-libs",
+    "libstdc++6": "gcc-libs",
+    "libgmp10": "gmp",
+    "libgnutls30": "gnutls",
+    "libhogweed6": "nettle",
+    "libnettle8": "nettle",
+    "libicu72": "icu",
+    "libidn2-0": "libidn2",
+    "libldap-2.5-0": "libldap",
+    "libnghttp2-14": "libnghttp2",
+    "libp11-kit0": "p11-kit",
+    "libpsl5": "libpsl",
+    "librtmp1": "rtmpdump",
+    "libsasl2-2": "libsasl",
+    "libssh2-1": "libssh2",
+    "libtasn1-6": "libtasn1",
+    "libunistring2": "libunistring",
+    "libxml2": "libxml2",
 }
 
 LIBRARY_DESCRIPTIONS: dict[str, str] = {

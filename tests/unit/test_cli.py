@@ -66,6 +66,19 @@ def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
     assert argv[argv.index("-append") + 1].startswith("root=fsRoot rw rootfstype=9p")
 
 
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_boot_print_takes_the_machine_type(tmp_path: Path, machine: str) -> None:
+    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--accel", "tcg", "--machine", machine])
+    assert result.exit_code == 0, result.output
+    argv = shlex.split(result.output.strip())
+    assert argv[argv.index("-machine") + 1] == f"{machine},dump-guest-core=off"
+
+
+def test_boot_refuses_an_unknown_machine_type(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--machine", "virt"])
+    assert result.exit_code == ExitCode.USAGE and "--machine" in result.output
+
+
 def test_boot_of_a_directory_that_is_not_installed(tmp_path: Path) -> None:
     result = runner.invoke(app, ["boot", str(tmp_path), "--print"])
     assert result.exit_code == ExitCode.USAGE
