@@ -13,7 +13,8 @@ DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv
 # debootstrap, squashfs, xorriso, a kernel, busybox, pacman with pacstrap/arch-chroot/makepkg.
 TEST_PACKAGES := $(DEBIAN_PACKAGES) qemu-utils python3 python3-pip zsh bash git openssl gnupg \
   fakeroot kmod debootstrap squashfs-tools xorriso linux-image-amd64 busybox-static cpio zstd \
-  pacman-package-manager arch-install-scripts makepkg archlinux-keyring libarchive-tools tzdata
+  pacman-package-manager arch-install-scripts makepkg archlinux-keyring libarchive-tools tzdata \
+  openssh-client
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Install whichever of PACKAGES is missing (one apt-get call; nothing when all are there).

@@ -165,9 +165,9 @@ class Config:
         Accel.AUTO, "auto: KVM when usable, falling back to TCG if the guest stays silent.", metavar="auto|kvm|tcg"
     )
     install_via: InstallVia = option(
-        InstallVia.NINEP,
-        "9p: the guest writes the tree over the share; stream: it builds the tree on a scratch disk and sends one "
-        "checked tar that the host unpacks (several times faster under emulation).",
+        InstallVia.STREAM,
+        "stream: the guest builds the tree on a scratch disk and sends one checked tar that the host unpacks "
+        "(several times faster under emulation); 9p: the guest writes the tree over the share (resumable).",
         metavar="9p|stream",
     )
     refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")

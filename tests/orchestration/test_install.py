@@ -24,8 +24,11 @@ from tests.helpers import password_file
 from tests.orchestration.conftest import PASSWORD, Fake, Run
 
 HOST_STEPS = ["preflight", "read-iso", "stage", "boot"]
-GUEST_STEPS = [step.name for step in STEPS if step.name != "stream"]  # the stream step runs with --install-via stream
-ALL_STEPS = [*HOST_STEPS, *GUEST_STEPS, "poweroff", "manifest"]
+# The default install (--install-via stream) runs every step; the 9p path all but "stream".
+ALL_STEPS = [*HOST_STEPS, *(step.name for step in STEPS), "poweroff", "manifest"]
+GUEST_STEPS_9P = [step.name for step in STEPS if step.name != "stream"]
+ALL_STEPS_9P = [*HOST_STEPS, *GUEST_STEPS_9P, "poweroff", "manifest"]
+NINEP = ("--install-via", "9p")
 
 
 def shadow_hash(target: Path) -> str:
@@ -46,12 +49,13 @@ def assert_clean_end(run: Run, fake: Fake, target: Path) -> None:
     assert str(transcript.resolve()) not in held, "the transcript was left open"
 
 
-def test_one_qemu_runs_every_step_in_order(install: Any, fake: Fake, tmp_path: Path) -> None:
-    run = install()
+@pytest.mark.parametrize(("via", "steps"), [((), ALL_STEPS), (NINEP, ALL_STEPS_9P)], ids=["stream", "9p"])
+def test_one_qemu_runs_every_step_in_order(via: tuple[str, ...], steps: list[str], install: Any, fake: Fake, tmp_path: Path) -> None:
+    run = install(*via)
     target = tmp_path / "base"
     assert run.exit_code == 0, run.stderr
     assert len(fake.launches()) == 1, fake.launches()
-    assert run.steps() == ALL_STEPS
+    assert run.steps() == steps
     assert set(run.finished().values()) == {"ok"}
     assert run.events[-1]["type"] == "result"
     assert run.events[-1]["paths"]["target"] == str(target)
@@ -102,7 +106,8 @@ FAULTS = {
 
 
 def test_every_guest_step_has_a_fault() -> None:
-    assert list(FAULTS) == GUEST_STEPS
+    """The 9p path, where each guest step is its own; the stream step's faults are in test_stream.py."""
+    assert list(FAULTS) == GUEST_STEPS_9P
 
 
 @pytest.mark.parametrize(("step", "fault"), FAULTS.items())
@@ -110,11 +115,11 @@ def test_a_failing_step_ends_cleanly(
     step: str, fault: str, install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_FAIL", fault)
-    run = install()
+    run = install(*NINEP)
     target = tmp_path / "base"
     assert run.exit_code == ExitCode.STEP, run.stderr
     assert run.finished()[step] == "failed"
-    assert run.steps() == ALL_STEPS[: ALL_STEPS.index(step) + 1], "a step ran after the failure"
+    assert run.steps() == ALL_STEPS_9P[: ALL_STEPS_9P.index(step) + 1], "a step ran after the failure"
     error = run.events[-1]
     assert error["type"] == "error" and error["exit_code"] == ExitCode.STEP
     assert error["hint"] and "transcript:" in error["hint"]

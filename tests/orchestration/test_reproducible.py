@@ -118,8 +118,8 @@ def test_an_interrupted_install_resumes_and_ends_as_an_uninterrupted_one(
 
 
 def test_a_resumed_run_skips_the_target_steps_done_before(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
-    target = interrupted_during("mkinitcpio", fake, iso, tmp_path)
-    resumed = install(target=target)
+    target = interrupted_during("mkinitcpio", fake, iso, tmp_path, "--install-via", "9p")
+    resumed = install("--install-via", "9p", target=target)
     assert resumed.exit_code == 0, resumed.stderr
     skipped = [e["step"] for e in resumed.events if e["type"] == "step-skipped" and e["step"] != "stream"]
     assert skipped == ["pacstrap", "configure"]

@@ -158,7 +158,9 @@ def test_an_install_killed_during_pacstrap_resumes_to_the_same_manifest(
     a: Install, mirror: Mirror, standin_iso: pathlib.Path, workdir: pathlib.Path
 ) -> None:
     target = workdir / "d"
-    command = argv(target, workdir, standin_iso, mirror, *pinned(DAY1), "--package-cache", str(workdir / "cache-d"))
+    # The 9p path is the resumable one: its target steps write the tree where it stays.
+    command = argv(target, workdir, standin_iso, mirror, *pinned(DAY1), "--package-cache", str(workdir / "cache-d"),
+                   "--install-via", "9p")  # fmt: skip
     killed = run("D: killed during pacstrap", command, mirror, target, kill_at="pacstrap")
     assert killed.returncode == -signal.SIGKILL
     state = json.loads((target / ".provision-arch/state.json").read_text())
