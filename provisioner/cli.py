@@ -31,6 +31,7 @@ from provisioner import __version__, preflight, state
 from provisioner.boot import RootFs, boot_command, describe
 from provisioner.config import (
     Accel,
+    InstallVia,
     MachineType,
     OptionField,
     box_record,
@@ -238,7 +239,7 @@ def install(
         cfg = build({**values, "target": target})
         if cfg.cache_packages and cfg.package_cache is None:
             cfg = dataclasses.replace(cfg, package_cache=cache_home() / "pkg")
-        resume = state.plan(cfg.target, box_record(cfg), cfg.force)
+        resume = state.plan(cfg.target, box_record(cfg), cfg.force, stream=cfg.install_via is InstallVia.STREAM)
         # The host first: nobody should type a password twice to learn QEMU is missing.
         with events.step("preflight", "Checking the host"):
             warnings = check_host(Host(target=cfg.target, force=cfg.force or resume is not None, iso=cfg.iso))

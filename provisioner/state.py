@@ -60,10 +60,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
-def plan(target: Path, record: dict[str, Any], force: bool) -> State | None:
+def plan(target: Path, record: dict[str, Any], force: bool, *, stream: bool = False) -> State | None:
     """The state to resume from, None for a fresh install; refuses a finished or different target.
 
     With ``force`` nothing is resumed: the install starts over (over the files that are there).
+    A stream install unpacks a whole tree into the target, so it does not take over a partial
+    tree that an interrupted 9p install left there (stale pacman locks and all).
     """
     if force or not state_path(target).exists():
         return None
@@ -77,4 +79,9 @@ def plan(target: Path, record: dict[str, Any], force: bool) -> State | None:
         )
     if state.finished:
         raise UsageError(f"{target} is already installed (state.json says finished)", "boot it, or use --force to reinstall")
+    if stream and any(entry.name != STATE for entry in target.iterdir()):
+        raise UsageError(
+            f"{target} holds a partial install written over 9p",
+            "resume it with --install-via 9p, or start over with --force",
+        )
     return state

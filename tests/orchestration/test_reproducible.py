@@ -126,6 +126,16 @@ def test_a_resumed_run_skips_the_target_steps_done_before(fake: Fake, iso: Path,
     assert resumed.steps()[-6:] == ["refresh-keyring", "initramfs", "password", "unmount", "poweroff", "manifest"]
 
 
+def test_a_stream_install_does_not_take_over_a_partial_9p_tree(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
+    target = interrupted_during("mkinitcpio", fake, iso, tmp_path, "--install-via", "9p")  # pacstrap done
+    launches = len(fake.launches())
+    refused = install(target=target)  # the default: stream
+    assert refused.exit_code == ExitCode.USAGE, refused.stderr
+    assert refused.events[-1]["message"] == f"{target} holds a partial install written over 9p"
+    assert "--install-via 9p" in refused.events[-1]["hint"] and len(fake.launches()) == launches
+    assert install("--install-via", "9p", target=target).exit_code == 0
+
+
 def test_from_manifest_rebuilds_the_same_box(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
     assert install("--package", "base linux", "--hostname", "origin", "--snapshot", "2026-11-01").exit_code == 0
     recorded = tmp_path / "base/.provision-arch/manifest.json"
