@@ -50,7 +50,9 @@ def assert_clean_end(run: Run, fake: Fake, target: Path) -> None:
 
 
 @pytest.mark.parametrize(("via", "steps"), [((), ALL_STEPS), (NINEP, ALL_STEPS_9P)], ids=["stream", "9p"])
-def test_one_qemu_runs_every_step_in_order(via: tuple[str, ...], steps: list[str], install: Any, fake: Fake, tmp_path: Path) -> None:
+def test_one_qemu_runs_every_step_in_order(
+    via: tuple[str, ...], steps: list[str], install: Any, fake: Fake, tmp_path: Path
+) -> None:
     run = install(*via)
     target = tmp_path / "base"
     assert run.exit_code == 0, run.stderr
