@@ -4,8 +4,10 @@ On the offline stand-in (built as root the first time), in this order:
 
 1. console: a command's round trip through the driver (``Console.run``) vs raw pexpect on
    the same shell, on a local bash and in the booted box;
-2. install: one full install, per step from its ``--json`` events, and the orchestration
-   overhead (wall time minus the sum of the steps; the process time adds interpreter start);
+2. install: the same package sets installed both ways (``--install-via stream`` and ``9p``),
+   from the stand-in's archive served over HTTP with filler packages added: the base set
+   per step from the ``--json`` events, with the orchestration overhead (wall time minus the
+   sum of the steps); then the base set, 2x and 4x its files (growth), wall time per way;
 3. boot: QEMU's start to the first command's answer vs the kernel's own boot time (dmesg
    timestamps), for the box on a 9p root and on a virtiofs root;
 4. shares: one guest session with host directories mounted side by side (9p
@@ -52,6 +54,9 @@ from provisioner.console import Console, Transcript
 from provisioner.iso import read_boot_files
 from provisioner.qemu import QEMU, Hardware, Machine, boot_argv, resolve_accel, share_argv, shared_memory_argv, virtiofs_argv
 from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namespace
+from tests.standin import repo
+from tests.standin.archive import ensure_archive
+from tests.standin.mirror import Mirror
 
 ROOT = Path(__file__).parents[1]
 FAKE = Path(__file__).parent / "console/fake_archiso.sh"
@@ -179,30 +184,94 @@ def bench_iso(results: Results, iso: Path, work: Path) -> None:
         results.add("iso", f"read kernel and initramfs from the ISO ({label})", seconds, note=size)
 
 
-def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path:
-    """One install on the stand-in, read from its --json events: each step, their sum, the wall time."""
-    base, password = work / "base", work / "root-password"
+# The package sets of the growth section: the base set, then it with a filler package of
+# about as many files again (2x), and of three times as many (4x).
+FILLERS = {"1x": 0, "2x": 1000, "4x": 3000}
+VIAS = ("stream", "9p")
+
+
+def filler_package(files: int, out: Path) -> Path:
+    """A package of ``files`` small files (as many directories as a real package tree has)."""
+    source = out / f"filler-{files}-src"
+    source.mkdir(parents=True)
+    (source / "PKGBUILD").write_text(
+        f"pkgname=bench-filler-{files}\npkgver=1\npkgrel=1\narch=(any)\nlicense=(GPL-3.0-or-later)\n"
+        "pkgdesc='provision-arch bench: small files'\noptions=(!strip !debug)\n"
+        "package() {\n"
+        f"  for i in $(seq 1 {files}); do\n"
+        f'    d="$pkgdir/usr/share/bench-filler-{files}/d$((i % 40))"\n'
+        '    mkdir -p "$d" && printf \'file %s of the bench filler\\n\' "$i" > "$d/f$i"\n'
+        "  done\n}\n"
+    )
+    (built,) = repo.build_package(source, out)
+    return built
+
+
+def bench_mirror(work: Path) -> Path:
+    """The stand-in's newest day as a plain mirror, with the filler packages in extra."""
+    archive = ensure_archive()
+    root = work / "mirror"
+    for name in repo.REPOS:
+        shutil.copytree(archive / name, root / name)  # copies: repo-add changes extra
+    packages = [filler_package(files, work / "fillers") for files in FILLERS.values() if files]
+    extra = root / "extra" / "os" / repo.ARCH
+    for package in packages:
+        shutil.copyfile(package, extra / package.name)
+    repo.run(["repo-add", "--quiet", str(extra / "extra.db.tar.gz"), *(str(extra / p.name) for p in packages)])
+    shutil.copyfile(extra / "extra.db.tar.gz", extra / "extra.db")
+    return root
+
+
+def install(iso: Path, work: Path, name: str, accel: Accel, *options: str) -> tuple[Path, list[dict[str, object]]]:
+    """One install on the stand-in as root with a cold package cache of its own; its target and --json events."""
+    base, password = work / name, work / "root-password"
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
     argv = [sys.executable, "-m", "provisioner", str(base), "--iso", str(iso), "--password-file", str(password),
-            "--packages", PACKAGES, "--accel", accel.value, "--json"]  # fmt: skip
-    # A cache of its own: every run downloads the same (from the ISO), none profits from an earlier one.
-    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
-    with (work / "install.stderr").open("w") as stderr:
-        started = time.perf_counter()
+            "--accel", accel.value, "--json", *options]  # fmt: skip
+    env = {**os.environ, "XDG_CACHE_HOME": str(work / f"cache-{name}")}
+    with (work / f"{name}.stderr").open("w") as stderr:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT, check=False)
-        process = time.perf_counter() - started
     if done.returncode != 0:
-        sys.exit(f"bench: the install failed (exit {done.returncode}); see {work / 'install.stderr'}")
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    steps = [(e["step"], e["seconds"]) for e in events if e["type"] == "step-finished"]
-    for step, seconds in steps:
-        results.add("install", f"step {step}", seconds)
-    total, wall = sum(seconds for _, seconds in steps), events[-1]["seconds"]
-    results.add("install", "sum of the steps", total)
-    results.add("install", "wall time (result event)", wall, note=f"{wall - total:+.2f} s outside any step")
-    results.add("install", "process time", process, note="with interpreter start and the host checks")
-    return base
+        sys.exit(f"bench: the install {name} failed (exit {done.returncode}); see {work / f'{name}.stderr'}")
+    shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
+    return base, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def entries(base: Path) -> int:
+    return sum(1 for path in base.rglob("*") if ".provision-arch" not in path.parts)
+
+
+def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path:
+    """Each package set installed both ways, one after the other (so load falls on both alike):
+    per step for the base set, wall time against tree size for all; the orchestration overhead
+    is the wall time minus the sum of the steps. Returns one base-set target for the box sections."""
+    with Mirror(bench_mirror(work)) as mirror:
+        keep: Path | None = None
+        for size, files in FILLERS.items():
+            packages = PACKAGES + (f" bench-filler-{files}" if files else "")
+            for via in VIAS:
+                name = f"{size}-{via}"
+                base, events = install(iso, work, name, accel, "--install-via", via, "--packages", packages,
+                                       "--mirror", mirror.guest_url)  # fmt: skip
+                steps = [(str(e["step"]), float(str(e["seconds"]))) for e in events if e["type"] == "step-finished"]
+                total, wall = sum(seconds for _, seconds in steps), float(str(events[-1]["seconds"]))
+                if size == "1x":
+                    for step, seconds in steps:
+                        results.add("install", f"step {step}", seconds, column=via)
+                    results.add("install", "sum of the steps", total, column=via)
+                    results.add("install", "wall time (result event)", wall, column=via)
+                    results.add("install", "outside any step", wall - total, column=via)
+                count = entries(base)
+                results.add("growth", f"{size}: {PACKAGES}{' + ' + str(files) + ' files' if files else ''}", wall,
+                            note=f"{count} entries", column=via)  # fmt: skip
+                results.add("growth", f"{size}: entries in the tree", count, unit="entries", column=via)
+                if keep is None and size == "1x":
+                    keep = base
+                else:
+                    shutil.rmtree(base)
+    assert keep is not None
+    return keep
 
 
 # -- 3.-5. the booted box ---------------------------------------------------------------------

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.standin.archive import ArchiveUnavailable, ensure_archive
 from tests.standin.build import ensure_standin
+from tests.standin.mirror import Mirror
 from tests.vm.unprivileged import E2EUser, ensure_user, install_cli
 
 
@@ -22,6 +24,18 @@ def standin_iso() -> pathlib.Path:
     PROVISION_ARCH_STANDIN_ISO names another one (e.g. a stand-in in the works)."""
     given = os.environ.get("PROVISION_ARCH_STANDIN_ISO")
     return pathlib.Path(given) if given else ensure_standin()
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Iterator[Mirror]:
+    """The stand-in archive (tests/standin/archive.py) served over HTTP on the host's loopback,
+    which a guest reaches as 10.0.2.2; built on first use (as root)."""
+    try:
+        archive = ensure_archive()
+    except ArchiveUnavailable as exc:
+        pytest.skip(str(exc))
+    with Mirror(archive) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pexpect
 import pycdlib
 import pytest
 
-from tests.standin.archive import DAY2, ArchiveUnavailable, ensure_archive
+from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
 from tests.vm.unprivileged import TIMES, E2EUser, as_user
 
@@ -111,17 +110,6 @@ def devbox_iso(standin_iso: Path) -> Path:
     assert not absent, f"the stand-in's packages lack {', '.join(absent)}"
     assert shutil.which("ssh") and shutil.which("ssh-keygen"), "the host has no ssh client (make test-deps installs it)"
     return standin_iso
-
-
-@pytest.fixture(scope="module")
-def mirror() -> Iterator[Mirror]:
-    """The stand-in's archive over HTTP on the host's loopback (10.0.2.2 to the guest)."""
-    try:
-        archive = ensure_archive()
-    except ArchiveUnavailable as exc:
-        pytest.skip(str(exc))
-    with Mirror(archive) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import pytest
 
 from provisioner.errors import ExitCode
 from tests.standin import repo
-from tests.standin.archive import CHANGED, DAY1, DAY2, ArchiveUnavailable, Day, ensure_archive, installed_versions
+from tests.standin.archive import CHANGED, DAY1, DAY2, Day, installed_versions
 from tests.standin.mirror import Mirror, Request
 
 pytestmark = pytest.mark.vm
@@ -58,19 +58,9 @@ class Install:
 
 
 @pytest.fixture(scope="module")
-def mirror() -> Iterator[Mirror]:
+def workdir() -> Iterator[pathlib.Path]:
     if os.geteuid() != 0:
         pytest.skip("runs the CLI as root")
-    try:
-        archive = ensure_archive()
-    except ArchiveUnavailable as exc:
-        pytest.skip(str(exc))
-    with Mirror(archive) as m:
-        yield m
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[pathlib.Path]:
     path = pathlib.Path(tempfile.mkdtemp(prefix="provision-arch-repro-", dir="/var/tmp"))
     (path / "pw").write_text(PASSWORD + "\n")
     yield path
