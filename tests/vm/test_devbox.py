@@ -147,6 +147,9 @@ CHECKS = {
     "address": "ip -4 -o addr show scope global",
     "network": "networkctl status --no-pager \"$(ip -4 -o addr show scope global | awk '/ 10.0.2.15\\// {print $2}')\"",
     "resolv": "readlink /etc/resolv.conf; grep '^nameserver' /etc/resolv.conf",
+    # Names resolved knows without the internet: its synthesized _gateway (QEMU's 10.0.2.2)
+    # over D-Bus, and the host name through the stub listener.
+    "resolved": f"resolvectl query _gateway && nslookup {HOSTNAME} 127.0.0.53",
     "command": "sudo -n test -e /root/made-by-a-command",
     "machine-id": "cat /etc/machine-id; sudo -n journalctl -b -o cat _PID=1 | grep -ci 'first boot' || true",
     "root": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /",
@@ -211,6 +214,10 @@ def test_the_matched_nic_has_qemus_address_and_resolv_conf_is_the_stub(
     network = inside["network"]
     assert "/etc/systemd/network/20-wired.network" in network.stdout, network.stdout + network.stderr
     assert inside["resolv"].stdout.splitlines() == ["/run/systemd/resolve/stub-resolv.conf", "nameserver 127.0.0.53"]
+    resolved = inside["resolved"]
+    assert resolved.returncode == 0 and "_gateway: 10.0.2.2" in resolved.stdout, resolved.stdout + resolved.stderr
+    server, _, answer = resolved.stdout.partition("Name:")
+    assert "127.0.0.53" in server and HOSTNAME in answer and "Address" in answer, resolved.stdout
 
 
 def test_the_machine_id_is_pacstraps_and_the_root_is_the_9p_share_rw(
