@@ -151,7 +151,7 @@ CHECKS = {
     # over D-Bus, and the host name through the stub listener.
     "resolved": f"resolvectl query _gateway && nslookup {HOSTNAME} 127.0.0.53",
     "command": "sudo -n test -e /root/made-by-a-command",
-    "machine-id": "cat /etc/machine-id; sudo -n journalctl -b -o cat _PID=1 | grep -ci 'first boot' || true",
+    "machine-id": "cat /etc/machine-id; sudo -n journalctl -b -o cat _PID=1 | grep -i 'first.boot' || true",
     "root": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /",
     # Last: it changes the box. The mirrorlist is the pinned day's, on the host's server.
     "pacman": f"sudo -n pacman -Sy --noconfirm {EXTRA} && pacman -Q {EXTRA}",
@@ -225,7 +225,10 @@ def test_the_machine_id_is_pacstraps_and_the_root_is_the_9p_share_rw(
 ) -> None:
     made = inside["machine-id made by pacstrap"].stdout
     assert len(made) == 32, "pacstrap (systemd's install scriptlet) made no /etc/machine-id"
-    assert inside["machine-id"].stdout.split() == [made, "0"], "the id changed, or systemd saw a first boot"
+    kept, *journal = inside["machine-id"].stdout.splitlines()
+    assert kept == made, "the id changed"
+    # systemd logs "Detected first boot." and then runs preset-all (a minute over 9p under TCG).
+    assert not [line for line in journal if "Detected first boot" in line], journal
     assert inside["root"].stdout.split()[:2] == ["fsRoot", "9p"] and inside["root"].stdout.split()[2].startswith("rw,")
 
 
