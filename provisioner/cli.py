@@ -52,7 +52,7 @@ from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
 from provisioner.qemu import Hardware, die_with_parent, parse_forward, resolve_accel
 from provisioner.runbox import TRANSCRIPT, RunRequest, run_in_box
-from provisioner.session import STATE, Session
+from provisioner.session import STATE, Session, locked
 
 FILE_ONLY = [row.name for row in option_table() if not row.option.in_cli]
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODES.items())
@@ -299,7 +299,8 @@ def boot(
         if print_only:
             print(describe(target, hw, fs, as_root=root, forwards=forwards))
             return
-        with boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
+        # One provision-arch per target: no boot of a tree an install or a run is writing.
+        with locked(target), boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
             status = subprocess.call(argv, preexec_fn=die_with_parent)
     raise typer.Exit(status)
 

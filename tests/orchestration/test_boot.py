@@ -24,8 +24,9 @@ from provisioner import virtiofs
 from provisioner.boot import RootFs, boot_command
 from provisioner.cli import app
 from provisioner.config import Accel
-from provisioner.errors import HostError
+from provisioner.errors import ExitCode, HostError
 from provisioner.qemu import Hardware
+from provisioner.session import locked
 from tests.orchestration.conftest import _alive, _gone
 
 HW = Hardware(memory=512, cpus=1, accel=Accel.TCG)
@@ -136,6 +137,17 @@ def test_a_failing_daemon_is_reported_and_qemu_refused(daemon_dir: Path, tmp_pat
         with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as qemu:
             qemu.connect(socket_of(argv))
     assert "virtiofsd exited with status 1: fuse: unknown option(s)" in error.value.message
+
+
+def test_the_cli_does_not_boot_a_target_another_run_holds(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    (base / "boot").mkdir(parents=True)
+    for name in ("vmlinuz-linux", "initramfs-linux.img"):
+        (base / "boot" / name).write_bytes(b"")
+    with locked(base):  # as an install or a run holds it
+        result = CliRunner().invoke(app, ["boot", str(base), "--accel", "tcg"], catch_exceptions=False)
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert f"another provision-arch (pid {os.getpid()}) is working on {base}" in result.output
 
 
 def test_the_cli_boots_on_virtiofs_and_leaves_nothing(daemon_dir: Path, tmp_path: Path) -> None:
