@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.config import build
+from provisioner.config import InstallVia, build
 from provisioner.console import Transcript
 from provisioner.errors import BootFailed, ExitCode
 from provisioner.events import Bus
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.vm
 
 def test_wrong_uuid_ends_at_the_rescue_shell_with_a_clear_error(standin_iso: Path, tmp_path: Path) -> None:
     """The archiso hook cannot find its medium: the driver names the rescue shell."""
-    cfg = build({"target": tmp_path / "base", "iso": standin_iso, "accel": "tcg"})
+    # 9p: no stream devices, which only a staged session has (this test starts no install).
+    cfg = build({"target": tmp_path / "base", "iso": standin_iso, "accel": "tcg", "install_via": InstallVia.NINEP})
     cfg.target.mkdir()
     boot = read_boot_files(standin_iso, tmp_path / "cache")
     wrong = dataclasses.replace(boot, uuid="1999-01-01-00-00-00-00")
