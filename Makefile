@@ -63,7 +63,7 @@ demo: test-deps setup
 	$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))' > "$$pw" && \
 	echo "root password of $(DEMO) (shown once): $$(cat "$$pw")" && \
 	$(BIN)/provision-arch $(DEMO) --iso "$$iso" --password-file "$$pw" --packages "base linux mkinitcpio" \
-	  --accel auto $(if $(FORCE),--force) && \
+	  --package-cache "$$(dirname "$$iso")/pkg" --accel auto $(if $(FORCE),--force) && \
 	echo "boot it with: $(BIN)/provision-arch boot $(DEMO)"
 
 lint: setup

@@ -163,6 +163,9 @@ def pacman_hint(output: str) -> str:
         return "the target's file system is full: free some space (df -h TARGET) and run again with --force"
     if re.search(r"failed retrieving file|Could not resolve host|failed to synchronize", output):
         return "the guest could not reach the package mirror: check the network, or give another with --mirror URL"
+    if corrupt := re.findall(r"File (\S+) is corrupted", output):
+        names = ", ".join(name.rsplit("/", 1)[-1] for name in corrupt)
+        return f"a cached package did not match its checksum ({names}; pacman removed it): run again, or use --no-cache-packages"
     return "see pacman's output above and the transcript"
 
 

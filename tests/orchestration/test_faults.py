@@ -199,8 +199,9 @@ def test_15_the_keyring_is_never_ready(install: Any, fake: Fake, tmp_path: Path,
     ("fault", "args", "hint"),
     [("pacstrap-mirror", (), "could not reach the package mirror"),
      ("", ("--package", "base", "--package", "nosuchpkg"), "no package named nosuchpkg"),
-     ("pacstrap-enospc", (), "file system is full")],
-    ids=["16-mirror-unreachable", "17-no-such-package", "19-disk-full"],
+     ("pacstrap-enospc", (), "file system is full"),
+     ("pacstrap-corrupt", (), "a cached package did not match its checksum (base-3-1-any.pkg.tar.zst; pacman removed it)")],
+    ids=["16-mirror-unreachable", "17-no-such-package", "19-disk-full", "corrupt-cached-package"],
 )  # fmt: skip
 def test_16_17_19_pacstrap_failures_say_why(
     fault: str, args: tuple[str, ...], hint: str, install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
