@@ -217,8 +217,8 @@ def bench_mirror(work: Path) -> Path:
     extra = root / "extra" / "os" / repo.ARCH
     for package in packages:
         shutil.copyfile(package, extra / package.name)
+    # repo-add also points extra.db at the new database.
     repo.run(["repo-add", "--quiet", str(extra / "extra.db.tar.gz"), *(str(extra / p.name) for p in packages)])
-    shutil.copyfile(extra / "extra.db.tar.gz", extra / "extra.db")
     return root
 
 
