@@ -8,6 +8,8 @@ On the offline stand-in (built as root the first time), in this order:
    from the stand-in's archive served over HTTP with filler packages added: the base set
    per step from the ``--json`` events, with the orchestration overhead (wall time minus the
    sum of the steps); then the base set, 2x and 4x its files (growth), wall time per way;
+   all as root, then 1x and 4x as the unprivileged test user, as users run it (QEMU in a
+   user namespace, where 9p costs most);
 3. boot: QEMU's start to the first command's answer vs the kernel's own boot time (dmesg
    timestamps), for the box on a 9p root and on a virtiofs root;
 4. shares: one guest session with host directories mounted side by side (9p
@@ -57,6 +59,7 @@ from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namesp
 from tests.standin import repo
 from tests.standin.archive import ensure_archive
 from tests.standin.mirror import Mirror
+from tests.vm.unprivileged import E2EUser, as_user, ensure_user, install_cli
 
 ROOT = Path(__file__).parents[1]
 FAKE = Path(__file__).parent / "console/fake_archiso.sh"
@@ -222,19 +225,30 @@ def bench_mirror(work: Path) -> Path:
     return root
 
 
-def install(iso: Path, work: Path, name: str, accel: Accel, *options: str) -> tuple[Path, list[dict[str, object]]]:
-    """One install on the stand-in as root with a cold package cache of its own; its target and --json events."""
-    base, password = work / name, work / "root-password"
+def install(
+    iso: Path, work: Path, name: str, accel: Accel, *options: str, user: tuple[E2EUser, Path] | None = None
+) -> tuple[Path, list[dict[str, object]]]:
+    """One install on the stand-in with a cold package cache of its own, as root or (``user``)
+    as the unprivileged test user with the CLI installed for it; its target and --json events."""
+    home = work / f"home-{name}"  # HOME and XDG_CACHE_HOME (home/cache) of this install
+    home.mkdir()
+    base, password = home / "base", home / "root-password"
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
-    argv = [sys.executable, "-m", "provisioner", str(base), "--iso", str(iso), "--password-file", str(password),
-            "--accel", accel.value, "--json", *options]  # fmt: skip
-    env = {**os.environ, "XDG_CACHE_HOME": str(work / f"cache-{name}")}
+    options = (str(base), "--iso", str(iso), "--password-file", str(password), "--accel", accel.value, "--json", *options)
+    if user is None:
+        argv = [sys.executable, "-m", "provisioner", *options]
+        env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache")}
+    else:
+        account, cli = user
+        for path in (home, password):
+            os.chown(path, account.uid, account.gid)
+        argv, env = as_user(account, home, [str(cli), *options]), dict(os.environ)
     with (work / f"{name}.stderr").open("w") as stderr:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT, check=False)
     if done.returncode != 0:
         sys.exit(f"bench: the install {name} failed (exit {done.returncode}); see {work / f'{name}.stderr'}")
-    shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
+    shutil.rmtree(home / "cache", ignore_errors=True)
     return base, [json.loads(line) for line in done.stdout.splitlines()]
 
 
@@ -270,8 +284,28 @@ def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path
                     keep = base
                 else:
                     shutil.rmtree(base)
+        bench_unprivileged(results, iso, work, accel, mirror)
     assert keep is not None
     return keep
+
+
+def bench_unprivileged(results: Results, iso: Path, work: Path, accel: Accel, mirror: Mirror) -> None:
+    """What a user sees: the CLI as an unprivileged user (QEMU in a user namespace), both ways."""
+    user = (ensure_user(), install_cli())
+    for size in ("1x", "4x"):
+        files = FILLERS[size]
+        packages = PACKAGES + (f" bench-filler-{files}" if files else "")
+        for via in VIAS:
+            base, events = install(iso, work, f"user-{size}-{via}", accel, "--install-via", via, "--packages", packages,
+                                   "--mirror", mirror.guest_url, user=user)  # fmt: skip
+            steps = {str(e["step"]): float(str(e["seconds"])) for e in events if e["type"] == "step-finished"}
+            wall = float(str(events[-1]["seconds"]))
+            count = entries(base)
+            results.add("unprivileged", f"{size}: wall time ({count} entries)", wall, column=via)
+            results.add("unprivileged", f"{size}: step pacstrap", steps["pacstrap"], column=via)
+            if "stream" in steps:
+                results.add("unprivileged", f"{size}: step stream (send and unpack)", steps["stream"], column=via)
+            shutil.rmtree(base)
 
 
 # -- 3.-5. the booted box ---------------------------------------------------------------------
