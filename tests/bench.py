@@ -247,7 +247,8 @@ def install(
     with (work / f"{name}.stderr").open("w") as stderr:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT, check=False)
     if done.returncode != 0:
-        sys.exit(f"bench: the install {name} failed (exit {done.returncode}); see {work / f'{name}.stderr'}")
+        tail = (work / f"{name}.stderr").read_text(errors="replace").splitlines()[-15:]
+        sys.exit(f"bench: the install {name} failed (exit {done.returncode}):\n" + "\n".join(tail))
     shutil.rmtree(home / "cache", ignore_errors=True)
     return base, [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -292,6 +293,7 @@ def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path
 def bench_unprivileged(results: Results, iso: Path, work: Path, accel: Accel, mirror: Mirror) -> None:
     """What a user sees: the CLI as an unprivileged user (QEMU in a user namespace), both ways."""
     user = (ensure_user(), install_cli())
+    work.chmod(0o711)  # the user's homes below it, nothing else, are theirs to reach
     for size in ("1x", "4x"):
         files = FILLERS[size]
         packages = PACKAGES + (f" bench-filler-{files}" if files else "")
