@@ -14,6 +14,15 @@ import pycdlib
 UUID = "2026-11-01-10-20-30-00"
 
 
+def installed_box(tmp_path: Path) -> Path:
+    """TMP/base with what makes a directory bootable to provision-arch: a kernel and an initramfs."""
+    base = tmp_path / "base"
+    (base / "boot").mkdir(parents=True)
+    (base / "boot/vmlinuz-linux").write_bytes(b"k")
+    (base / "boot/initramfs-linux.img").write_bytes(b"i")
+    return base
+
+
 def make_iso(
     path: Path, label: str = "ARCH_202611", uuid: str | None = UUID, microcode: bool = False, kernel: bool = True
 ) -> Path:

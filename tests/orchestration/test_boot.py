@@ -27,6 +27,7 @@ from provisioner.config import Accel
 from provisioner.errors import ExitCode, HostError
 from provisioner.qemu import Hardware
 from provisioner.session import locked
+from tests.helpers import installed_box
 from tests.orchestration.conftest import _alive, _gone
 
 HW = Hardware(memory=512, cpus=1, accel=Accel.TCG)
@@ -140,10 +141,7 @@ def test_a_failing_daemon_is_reported_and_qemu_refused(daemon_dir: Path, tmp_pat
 
 
 def test_the_cli_does_not_boot_a_target_another_run_holds(tmp_path: Path) -> None:
-    base = tmp_path / "base"
-    (base / "boot").mkdir(parents=True)
-    for name in ("vmlinuz-linux", "initramfs-linux.img"):
-        (base / "boot" / name).write_bytes(b"")
+    base = installed_box(tmp_path)
     with locked(base):  # as an install or a run holds it
         result = CliRunner().invoke(app, ["boot", str(base), "--accel", "tcg"], catch_exceptions=False)
     assert result.exit_code == ExitCode.HOST, result.output
@@ -151,10 +149,7 @@ def test_the_cli_does_not_boot_a_target_another_run_holds(tmp_path: Path) -> Non
 
 
 def test_the_cli_boots_on_virtiofs_and_leaves_nothing(daemon_dir: Path, tmp_path: Path) -> None:
-    base = tmp_path / "base"
-    (base / "boot").mkdir(parents=True)
-    for name in ("vmlinuz-linux", "initramfs-linux.img"):
-        (base / "boot" / name).write_bytes(b"")
+    base = installed_box(tmp_path)
     if os.geteuid() != 0:
         pytest.skip("unprivileged, the CLI would run the fakes in a user namespace (tests/vm covers that)")
     result = CliRunner().invoke(app, ["boot", str(base), "--fs", "virtiofs", "--accel", "tcg"], catch_exceptions=False)

@@ -12,17 +12,9 @@ from provisioner.cli import app
 from provisioner.config import Accel, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
 from provisioner.session import Session
-from tests.helpers import password_file
+from tests.helpers import installed_box, password_file
 
 runner = CliRunner()
-
-
-def installed(tmp_path: Path) -> Path:
-    base = tmp_path / "base"
-    (base / "boot").mkdir(parents=True)
-    (base / "boot/vmlinuz-linux").write_bytes(b"k")
-    (base / "boot/initramfs-linux.img").write_bytes(b"i")
-    return base
 
 
 @pytest.mark.parametrize("args", [["--help"], ["boot", "--help"], ["install", "--help"]])
@@ -57,7 +49,7 @@ def test_install_help_shows_every_option_of_the_table() -> None:
 
 
 def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
-    base = installed(tmp_path)
+    base = installed_box(tmp_path)
     result = runner.invoke(app, ["boot", str(base), "--print", "--accel", "tcg"])
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.output.strip())
@@ -68,14 +60,14 @@ def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("machine", ["pc", "q35"])
 def test_boot_print_takes_the_machine_type(tmp_path: Path, machine: str) -> None:
-    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--accel", "tcg", "--machine", machine])
+    result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--print", "--accel", "tcg", "--machine", machine])
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.output.strip())
     assert argv[argv.index("-machine") + 1] == f"{machine},dump-guest-core=off"
 
 
 def test_boot_refuses_an_unknown_machine_type(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--machine", "virt"])
+    result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--print", "--machine", "virt"])
     assert result.exit_code == ExitCode.USAGE and "--machine" in result.output
 
 
@@ -188,7 +180,7 @@ def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path:
     ("spec", "hostfwd"), [("2222", "hostfwd=tcp:127.0.0.1:2222-:22"), ("0.0.0.0:2200", "hostfwd=tcp:0.0.0.0:2200-:22")]
 )
 def test_boot_forwards_ssh_on_loopback_unless_told(tmp_path: Path, spec: str, hostfwd: str) -> None:
-    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--accel", "tcg", "--ssh-port", spec])
+    result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--print", "--accel", "tcg", "--ssh-port", spec])
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.output.strip())
     assert argv[argv.index("-netdev") + 1] == f"user,id=net0,{hostfwd}"
@@ -196,11 +188,11 @@ def test_boot_forwards_ssh_on_loopback_unless_told(tmp_path: Path, spec: str, ho
 
 
 def test_boot_refuses_a_bad_ssh_port(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["boot", str(installed(tmp_path)), "--print", "--ssh-port", "all:22"])
+    result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--print", "--ssh-port", "all:22"])
     assert result.exit_code == ExitCode.USAGE and "--ssh-port" in result.output
 
 
 def test_run_needs_a_command(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", str(installed(tmp_path))])
+    result = runner.invoke(app, ["run", str(installed_box(tmp_path))])
     assert result.exit_code == ExitCode.USAGE
     assert "COMMAND" in result.output
