@@ -54,27 +54,18 @@ authorized_keys_files = ["id_ed25519.pub"]
 """
 
 
-def repository_packages(iso: Path) -> set[str]:
-    """The package names in the stand-in's repository (/repo/*/os/x86_64/NAME-VER-REL-ARCH.pkg.tar.*)."""
-    image = pycdlib.PyCdlib()
-    image.open(str(iso))
-    try:
-        return {name.rsplit("-", 3)[0] for _, _, files in image.walk(rr_path="/repo") for name in files if ".pkg.tar" in name}
-    finally:
-        image.close()
-
-
 # What the dev-box steps and `run` use in the installed system: coreutils' install (keys,
 # sudoers), shadow's useradd, util-linux's runuser and systemd's run generator.
 NEEDED_FILES = ("usr/bin/install", "usr/bin/useradd", "usr/bin/runuser",
                 "usr/lib/systemd/system-generators/systemd-run-generator")  # fmt: skip
 
 
-def repository_files(iso: Path) -> set[str]:
-    """Every file the stand-in repository's packages install, from its <repo>.files databases."""
+def repository(iso: Path) -> dict[str, set[str]]:
+    """Each package of the stand-in's repository and the files it installs, from the
+    <repo>.files databases on the ISO (members NAME-VER-REL/files)."""
     image = pycdlib.PyCdlib()
     image.open(str(iso))
-    found: set[str] = set()
+    found: dict[str, set[str]] = {}
     try:
         for repo in ("core", "extra"):
             data = io.BytesIO()
@@ -86,7 +77,9 @@ def repository_files(iso: Path) -> set[str]:
             with tarfile.open(fileobj=data) as db:
                 for member in db:
                     if member.name.endswith("/files") and (handle := db.extractfile(member)) is not None:
-                        found.update(line for line in handle.read().decode().splitlines() if not line.startswith("%"))
+                        name = member.name.removesuffix("/files").rsplit("-", 2)[0]
+                        lines = handle.read().decode().splitlines()
+                        found[name] = {line for line in lines if line and not line.startswith("%")}
     finally:
         image.close()
     return found
@@ -99,14 +92,16 @@ class Box:
     cli: Path
     user: E2EUser
     workdir: Path
+    machine_id: str  # /etc/machine-id as the install left it, before any boot
 
 
 @pytest.fixture(scope="module")
 def devbox_iso(standin_iso: Path) -> Path:
     """The stand-in, checked before anything is set up: it must be able to build this box."""
-    missing = sorted({*PACKAGES, EXTRA} - repository_packages(standin_iso))
+    packages = repository(standin_iso)
+    missing = sorted({*PACKAGES, EXTRA} - set(packages))
     assert not missing, f"the stand-in's repository has no {', '.join(missing)}"
-    absent = sorted({*NEEDED_FILES, SYSTEMD} - repository_files(standin_iso))
+    absent = sorted({*NEEDED_FILES, SYSTEMD} - set().union(*packages.values()))
     assert not absent, f"the stand-in's packages lack {', '.join(absent)}"
     assert shutil.which("ssh") and shutil.which("ssh-keygen"), "the host has no ssh client (make test-deps installs it)"
     return standin_iso
@@ -134,7 +129,7 @@ def box(devbox_iso: Path, mirror: Mirror, user: E2EUser, cli: Path, workdir: Pat
     events = [json.loads(line) for line in result.stdout.splitlines()]
     steps = [e["step"] for e in events if e["type"] == "step-started"]
     assert steps[steps.index("password") + 1 :][:3] == ["users", "services", "command-1"]
-    return Box(base, key, cli, user, workdir)
+    return Box(base, key, cli, user, workdir, (base / "etc/machine-id").read_text().strip())
 
 
 # What the tests ask the booted box, over SSH as dev, in one boot.
@@ -177,7 +172,6 @@ def inside(box: Box) -> dict[str, subprocess.CompletedProcess[str]]:
     with (box.workdir / "boot-console.log").open("a") as console:
         child.logfile_read = console
         try:
-            machine_id = (box.base / "etc/machine-id").read_text().strip()
             child.expect(f"{HOSTNAME} login: ")
             TIMES["devbox: boot to login"] = time.monotonic() - started
             deadline = time.monotonic() + 300
@@ -190,7 +184,6 @@ def inside(box: Box) -> dict[str, subprocess.CompletedProcess[str]]:
             child.expect(pexpect.EOF, timeout=180)
         finally:
             child.close(force=True)
-    answers["machine-id made by pacstrap"] = subprocess.CompletedProcess([], 0, machine_id)
     return answers
 
 
@@ -221,9 +214,9 @@ def test_the_matched_nic_has_qemus_address_and_resolv_conf_is_the_stub(
 
 
 def test_the_machine_id_is_pacstraps_and_the_root_is_the_9p_share_rw(
-    inside: dict[str, subprocess.CompletedProcess[str]],
+    inside: dict[str, subprocess.CompletedProcess[str]], box: Box
 ) -> None:
-    made = inside["machine-id made by pacstrap"].stdout
+    made = box.machine_id
     assert len(made) == 32, "pacstrap (systemd's install scriptlet) made no /etc/machine-id"
     kept, *journal = inside["machine-id"].stdout.splitlines()
     assert kept == made, "the id changed"
