@@ -235,15 +235,15 @@ def install(
     base, password = home / "base", home / "root-password"
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
-    options = (str(base), "--iso", str(iso), "--password-file", str(password), "--accel", accel.value, "--json", *options)
+    args = (str(base), "--iso", str(iso), "--password-file", str(password), "--accel", accel.value, "--json", *options)
     if user is None:
-        argv = [sys.executable, "-m", "provisioner", *options]
+        argv = [sys.executable, "-m", "provisioner", *args]
         env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache")}
     else:
         account, cli = user
         for path in (home, password):
             os.chown(path, account.uid, account.gid)
-        argv, env = as_user(account, home, [str(cli), *options]), dict(os.environ)
+        argv, env = as_user(account, home, [str(cli), *args]), dict(os.environ)
     with (work / f"{name}.stderr").open("w") as stderr:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT, check=False)
     if done.returncode != 0:
@@ -251,6 +251,19 @@ def install(
         sys.exit(f"bench: the install {name} failed (exit {done.returncode}):\n" + "\n".join(tail))
     shutil.rmtree(home / "cache", ignore_errors=True)
     return base, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def install_set(
+    iso: Path, work: Path, name: str, accel: Accel, mirror: Mirror, size: str, via: str, user: tuple[E2EUser, Path] | None = None
+) -> tuple[Path, dict[str, float], float]:
+    """The base set with the filler of ``size``, installed ``via`` from the bench's mirror: the
+    target, each step's seconds (in order) and the wall time."""
+    files = FILLERS[size]
+    packages = PACKAGES + (f" bench-filler-{files}" if files else "")
+    base, events = install(iso, work, name, accel, "--install-via", via, "--packages", packages,
+                           "--mirror", mirror.guest_url, user=user)  # fmt: skip
+    steps = {str(e["step"]): float(str(e["seconds"])) for e in events if e["type"] == "step-finished"}
+    return base, steps, float(str(events[-1]["seconds"]))
 
 
 def entries(base: Path) -> int:
@@ -264,15 +277,11 @@ def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path
     with Mirror(bench_mirror(work)) as mirror:
         keep: Path | None = None
         for size, files in FILLERS.items():
-            packages = PACKAGES + (f" bench-filler-{files}" if files else "")
             for via in VIAS:
-                name = f"{size}-{via}"
-                base, events = install(iso, work, name, accel, "--install-via", via, "--packages", packages,
-                                       "--mirror", mirror.guest_url)  # fmt: skip
-                steps = [(str(e["step"]), float(str(e["seconds"]))) for e in events if e["type"] == "step-finished"]
-                total, wall = sum(seconds for _, seconds in steps), float(str(events[-1]["seconds"]))
+                base, steps, wall = install_set(iso, work, f"{size}-{via}", accel, mirror, size, via)
+                total = sum(steps.values())
                 if size == "1x":
-                    for step, seconds in steps:
+                    for step, seconds in steps.items():
                         results.add("install", f"step {step}", seconds, column=via)
                     results.add("install", "sum of the steps", total, column=via)
                     results.add("install", "wall time (result event)", wall, column=via)
@@ -295,13 +304,8 @@ def bench_unprivileged(results: Results, iso: Path, work: Path, accel: Accel, mi
     user = (ensure_user(), install_cli())
     work.chmod(0o711)  # the user's homes below it, nothing else, are theirs to reach
     for size in ("1x", "4x"):
-        files = FILLERS[size]
-        packages = PACKAGES + (f" bench-filler-{files}" if files else "")
         for via in VIAS:
-            base, events = install(iso, work, f"user-{size}-{via}", accel, "--install-via", via, "--packages", packages,
-                                   "--mirror", mirror.guest_url, user=user)  # fmt: skip
-            steps = {str(e["step"]): float(str(e["seconds"])) for e in events if e["type"] == "step-finished"}
-            wall = float(str(events[-1]["seconds"]))
+            base, steps, wall = install_set(iso, work, f"user-{size}-{via}", accel, mirror, size, via, user)
             count = entries(base)
             results.add("unprivileged", f"{size}: wall time ({count} entries)", wall, column=via)
             results.add("unprivileged", f"{size}: step pacstrap", steps["pacstrap"], column=via)
