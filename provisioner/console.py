@@ -27,6 +27,9 @@ LOGIN_PROMPT = "archiso login: "
 PANIC = r"Kernel panic - not syncing[^\r\n]*"
 # archiso's initramfs shell when it cannot find the ISO (wrong UUID/label, ip=dhcp).
 RESCUE = r"\[rootfs ~?\]# "
+# systemd as PID 1 gave up (e.g. "Failed to allocate manager object" when systemd-executor
+# is missing): it hangs for ever, so any wait ends here, with the lines before it.
+FROZEN = r"Freezing execution"
 # A line longer than the tty's canonical buffer (4095) would be cut silently.
 MAX_COMMAND = 3500
 
@@ -95,8 +98,8 @@ class Console:
         A kernel panic, the rescue shell, QEMU's end and the timeout are always watched
         and raise, with the last output as evidence.
         """
-        names = [*patterns, "panic", "rescue"]
-        regexes: list[Any] = [*patterns.values(), PANIC, RESCUE, pexpect.EOF, pexpect.TIMEOUT]
+        names = [*patterns, "panic", "rescue", "frozen"]
+        regexes: list[Any] = [*patterns.values(), PANIC, RESCUE, FROZEN, pexpect.EOF, pexpect.TIMEOUT]
         index = self.child.expect(regexes, timeout=timeout * self.scale)
         seen = self.output_so_far()
         if index < len(patterns):
@@ -111,6 +114,12 @@ class Console:
                 "the ISO dropped to its rescue shell [rootfs ~]# (it did not find its own boot medium)",
                 "the ISO's label or UUID did not match (a damaged or non-Arch ISO?); do not pass ip= options",
                 output=seen,
+            )
+        if name == "frozen":
+            raise BootFailed(
+                "the guest's init (systemd, PID 1) froze: it printed 'Freezing execution.'",
+                "its last lines say why (a broken systemd package in the box?); see the transcript",
+                output=seen + str(self.child.after),
             )
         if name == "eof":
             raise BootFailed(

@@ -38,6 +38,7 @@ SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virt
 STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
+ISO_DEVICE_WAIT = 60  # seconds the archiso hook polls for the ISO's device (its own default is 10)
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 ROOT_APPEND = (
     f"root={MOUNT_TAG} rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
@@ -163,6 +164,15 @@ def install_argv(
         "console=ttyS0,115200",
         "systemd.show_status=false",
         "systemd.tty.term.console=dumb",
+        # The real ISO orders pacman-init after time-sync.target and enables
+        # systemd-time-wait-sync, which has no timeout: without NTP (an air-gapped runner)
+        # the keyring is never ready. The clock already comes from -rtc base=utc.
+        "systemd.mask=systemd-time-wait-sync.service",
+        # Its machine id is "uninitialized": every live boot is a first boot, and systemd
+        # 257-258's firstboot may prompt for a keymap on the console.
+        "systemd.firstboot=off",
+        # The archiso hook polls 10 s for the ISO's device; a loaded TCG host can miss that.
+        f"rootdelay={ISO_DEVICE_WAIT}",
         "panic=-1",
     ]
     if mirror:

@@ -130,7 +130,9 @@ def test_a_failing_step_ends_cleanly(
     assert "error:" in run.stderr and "hint:" in run.stderr
 
 
-@pytest.mark.parametrize(("mode", "message"), [("panic", "panicked"), ("rescue", "rescue shell")])
+@pytest.mark.parametrize(
+    ("mode", "message"), [("panic", "panicked"), ("rescue", "rescue shell"), ("frozen", "Freezing execution")]
+)
 def test_a_guest_that_does_not_boot(
     mode: str, message: str, install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,8 @@ exit status returned, the box's failures as documented exit codes, nothing left 
 
 from __future__ import annotations
 
+import time
+
 import json
 import os
 import signal
@@ -131,6 +133,17 @@ def test_a_panic_is_a_boot_failure(run: Any, fake: Fake, box: Path, monkeypatch:
     result = run("--", "true")
     assert result.exit_code == ExitCode.BOOT and "panicked" in result.events[-1]["message"]
     assert result.finished()["boot"] == "failed"
+    assert_clean(fake, box)
+
+
+def test_a_frozen_init_ends_the_run_at_once(run: Any, fake: Fake, box: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd 255+ without systemd-executor freezes as PID 1: no waiting out the boot timeout."""
+    monkeypatch.setenv("FAKE_QEMU_MODE", "frozen")
+    started = time.monotonic()
+    result = run("--", "true")
+    assert result.exit_code == ExitCode.BOOT and "Freezing execution" in result.events[-1]["message"]
+    assert "Failed to allocate manager object" in result.events[-1]["details"], "the lines before it are the evidence"
+    assert time.monotonic() - started < 60
     assert_clean(fake, box)
 
 

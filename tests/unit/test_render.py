@@ -38,7 +38,7 @@ def test_mkinitcpio_conf_loads_9p_and_virtiofs_and_has_no_fsck() -> None:
 def test_network_file_matches_pc_and_q35_interfaces() -> None:
     text = rootfs_files(CFG)[PurePosixPath("/etc/systemd/network/20-wired.network")]
     settings = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert settings == ["[Match]", "Type=ether", "[Network]", "DHCP=yes"]
+    assert settings == ["[Match]", "Type=ether", "Kind=!*", "[Network]", "DHCP=yes"]
 
 
 def test_system_identity_files() -> None:
