@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gzip
 import hashlib
 import importlib
@@ -30,23 +29,18 @@ import time
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from tests.standin.repo import host_kernel_release
+from tests.standin.repo import kernel_release
 
 HERE = pathlib.Path(__file__).resolve().parent
+# The project root: inputs are hashed by their path relative to it, so every
+# clone and worktree of the project shares one cached stand-in.
+PROJECT = HERE.parent.parent
 DATA = HERE / "iso"
 
-
-
-@functools.cache
-def kernel_version() -> str:
-    """The host's Debian kernel (the same one the test repo's `linux` package carries)."""
-    return host_kernel_release()
-
-
-def host_packages() -> tuple[str, ...]:
-    return (f"linux-image-{kernel_version()}", *HOST_PACKAGES)
-
-SUITE = "bookworm"
+# Debian 13: pacman 7.0, systemd 257, Linux 6.12, OpenSSH 10, arch-install-scripts 28.
+# The kernel, busybox and every other file of the ISO and its repository come from
+# this suite's debootstrap root, never from the host (whose Debian may be 12 or 13).
+SUITE = "trixie"
 ISO_NAME = "archlinux-standin-x86_64.iso"
 
 # A fixed build date keeps the label, the UUID and therefore the content hash
@@ -85,15 +79,22 @@ ROOTFS_INCLUDE = (
     "openssh-server",
     "sudo",
     "libnss-systemd",
+    # trixie's minbase has no mkfs.ext4 and no time zones.
+    "e2fsprogs",
+    "tzdata",
+    # systemd-timesyncd and systemd-time-wait-sync, enabled on the real ISO.
+    "systemd-timesyncd",
+    # The kernel of the live system and of the repository's linux package, and the
+    # static busybox of the initramfs and of the repository's busybox package.
+    "linux-image-amd64",
+    "busybox-static",
 )
 # Bump when the way the debootstrap root is made changes.
-ROOTFS_RECIPE = "1"
+ROOTFS_RECIPE = "2"
 
-# Host packages whose files end up in the image or shape it: their versions
-# are part of the cache key (with the kernel's, which host_packages() adds: it is
-# probed lazily, so that importing this module needs no kernel on the host).
+# Host tools that shape the image: their versions are part of the cache key.
+# (The kernel and busybox come from the debootstrap root, which rootfs_key covers.)
 HOST_PACKAGES = (
-    "busybox-static",
     "debootstrap",
     "squashfs-tools",
     "xorriso",
@@ -146,14 +147,18 @@ MASKED_UNITS = (
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "fstrim.timer",
-    "systemd-firstboot.service",
     "systemd-pstore.service",
     "systemd-journal-flush.service",
     "systemd-update-utmp.service",
     "systemd-update-utmp-runlevel.service",
     "getty@tty1.service",
 )
+# As archiso's releng profile enables them (the real ISO's gates included: time-wait-sync
+# has no timeout and pacman-init is ordered after time-sync.target).
 ENABLED_UNITS = {
+    "systemd-timesyncd.service": "sysinit.target",
+    "systemd-time-wait-sync.service": "sysinit.target",
+    "ssh.service": "multi-user.target",
     "pacman-init.service": "multi-user.target",
     "choose-mirror.service": "multi-user.target",
     "systemd-networkd.service": "multi-user.target",
@@ -240,17 +245,6 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def hash_tree(digest: hashlib._Hash, root: pathlib.Path) -> None:
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            digest.update(f"L {rel} {os.readlink(path)}\n".encode())
-        elif path.is_file():
-            mode = path.stat().st_mode & 0o777
-            digest.update(f"F {rel} {mode:o} {path.stat().st_size}\n".encode())
-            digest.update(path.read_bytes())
-
-
 def load_repo_module() -> ModuleType | None:
     try:
         return importlib.import_module("tests.standin.repo")
@@ -269,22 +263,30 @@ def rootfs_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def project_name(path: pathlib.Path) -> str:
+    """How an input is named in the cache key: relative to the project, so that a clone
+    or worktree elsewhere hashes to the same key (its content decides, not its place)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(PROJECT):
+        raise BuildError(f"stand-in input {resolved} is outside the project {PROJECT}")
+    return resolved.relative_to(PROJECT).as_posix()
+
+
 def iso_key(repo: ModuleType | None) -> str:
+    """The stand-in's content key: the debootstrap root's recipe, the files of the
+    project it is made from (by relative path and content) and the host tools' versions."""
     digest = hashlib.sha256()
     digest.update(rootfs_key().encode() + b"\n")
-    digest.update(pathlib.Path(__file__).read_bytes())
-    hash_tree(digest, DATA)
+    inputs = [pathlib.Path(__file__), *(p for p in DATA.rglob("*") if p.is_file())]
     if repo is not None:
-        inputs: list[pathlib.Path] = list(repo.INPUTS)
-        for path in sorted(inputs):
-            digest.update(f"R {path}\n".encode())
-            if path.is_dir():
-                hash_tree(digest, path)
-            else:
-                digest.update(path.read_bytes())
+        inputs += list(repo.INPUTS)
     else:
         digest.update(b"fallback-repo\n")
-    for version in package_versions(host_packages()):
+    for name, path in sorted({project_name(p): p for p in inputs}.items()):
+        mode = path.stat().st_mode & 0o777
+        digest.update(f"F {name} {mode:o}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for version in package_versions(HOST_PACKAGES):
         digest.update(version.encode() + b"\n")
     return digest.hexdigest()[:16]
 
@@ -319,9 +321,14 @@ def ensure_rootfs(cache: pathlib.Path) -> pathlib.Path:
                     debian_mirror(),
                 ]
             )
-        # The downloaded .debs are 70 MB of no use in the live system.
+        # The downloaded .debs are 70 MB of no use in the live system, nor is the
+        # initramfs Debian's kernel package had initramfs-tools make.
         for deb in (work / "root/var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
+        for initrd in (work / "root/boot").glob("initrd.img-*"):
+            initrd.unlink()
+        # makepkg reads the kernel, busybox, zones and keyrings from here as `nobody`.
+        work.chmod(0o755)
         # Another build may have finished first; its copy is as good as ours
         # and may already be in use, so keep it.
         if not final.exists():
@@ -348,18 +355,19 @@ def unmount_below(path: pathlib.Path) -> None:
         run(["umount", "--lazy", target])
 
 
-def install_modules(live: pathlib.Path) -> None:
-    source = pathlib.Path("/lib/modules") / kernel_version()
-    target = live / "usr/lib/modules" / kernel_version()
-    dropped = {source / d for d in MODULE_DIRS_DROPPED}
-
-    def ignore(directory: str, names: list[str]) -> list[str]:
-        return [n for n in names if pathlib.Path(directory, n) in dropped]
-
-    shutil.copytree(source, target, symlinks=True, ignore=ignore)
-    # Debian's package ships no usable modules.dep for a copied tree: generate
-    # it so that modprobe (and with it `mount -t 9p`) works in the live system.
-    run(["depmod", "-b", live, kernel_version()])
+def install_modules(live: pathlib.Path, kver: str) -> None:
+    """The debootstrap root's kernel modules, without the directories a QEMU guest has
+    no use for, with a modules.dep that matches what is left."""
+    modules = live / "usr/lib/modules" / kver
+    for directory in MODULE_DIRS_DROPPED:
+        shutil.rmtree(modules / directory, ignore_errors=True)
+    run(["depmod", "-b", live, kver])
+    # The kernel and Debian's initramfs-tools image are not part of the live root.
+    for path in (live / "boot").iterdir():
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    for link in ("vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"):
+        (live / link).unlink(missing_ok=True)
 
 
 def set_root_account(live: pathlib.Path) -> None:
@@ -434,8 +442,8 @@ def trim_arch_keyring(live: pathlib.Path) -> None:
 def build_live_root(rootfs: pathlib.Path, live: pathlib.Path) -> None:
     with step("copying the debootstrap root"):
         run(["cp", "-a", "--reflink=auto", rootfs, live])
-    with step("installing kernel modules"):
-        install_modules(live)
+    with step("trimming kernel modules"):
+        install_modules(live, kernel_release(rootfs))
     # The overlay holds complete files (units, zshrc, motd, pacman.conf,
     # mirrorlist…); copying it over the Debian root replaces Debian's versions.
     shutil.copytree(DATA / "airootfs", live, symlinks=True, dirs_exist_ok=True)
@@ -448,17 +456,39 @@ def build_live_root(rootfs: pathlib.Path, live: pathlib.Path) -> None:
     if resolv.is_symlink() or resolv.exists():
         resolv.unlink()
     resolv.symlink_to("/run/systemd/resolve/stub-resolv.conf")
-    # A fixed machine id: an empty one would make systemd treat every boot as
-    # a first boot and run `preset-all`, which re-enables what is masked here.
-    (live / "etc/machine-id").write_text("a7c3a1e2d6e94f0d9c1b7d0e5f4a3b21\n")
+    # As mkarchiso writes it: every live boot is a first boot (systemd makes a new id,
+    # runs preset-all in enable-only mode and starts systemd-firstboot).
+    (live / "etc/machine-id").write_text("uninitialized\n")
+    first_boot_setup(live)
+    # The `alpm` user pacman 7 downloads as (DownloadUser = alpm), made as the real
+    # ISO's pacstrap made it: by systemd-sysusers from the sysusers.d entry.
+    run(["chroot", live, "systemd-sysusers"])
     for stale in (live / "var/lib/apt/lists").glob("*_*"):
         stale.unlink()
 
 
-def build_initramfs(live: pathlib.Path, out: pathlib.Path, work: pathlib.Path) -> None:
+def first_boot_setup(live: pathlib.Path) -> None:
+    """What systemd-firstboot finds on the real ISO: a locale (locale.conf), a time zone
+    (the UTC link), root in passwd and shadow, no vconsole.conf, and keymaps (kbd's), so
+    systemd 257's firstboot asks for a keymap on the console unless
+    `systemd.firstboot=off` is on the kernel command line (systemd#34490)."""
+    (live / "etc/locale.conf").write_text("LANG=C.UTF-8\n")
+    # Debian links vconsole.conf to /etc/default/keyboard, which minbase lacks.
+    (live / "etc/vconsole.conf").unlink(missing_ok=True)
+    localtime = live / "etc/localtime"
+    localtime.unlink(missing_ok=True)
+    localtime.symlink_to("/usr/share/zoneinfo/UTC")
+    # One keymap where kbd keeps them: systemd-firstboot offers what it finds there.
+    keymap = live / "usr/share/kbd/keymaps/i386/qwerty/us.map.gz"
+    keymap.parent.mkdir(parents=True, exist_ok=True)
+    keymap.write_bytes(gzip.compress(b"keymaps 0-2,4-6,8-9,12\ninclude \"qwerty-layout\"\n", mtime=0))
+
+
+def build_initramfs(live: pathlib.Path, kver: str, out: pathlib.Path, work: pathlib.Path) -> None:
     tree = work / "initramfs"
     (tree / "bin").mkdir(parents=True)
-    shutil.copy2("/bin/busybox", tree / "bin/busybox")
+    # trixie's busybox-static, from the live root (which is the debootstrap root's copy).
+    shutil.copy2(live / "usr/bin/busybox", tree / "bin/busybox")
     init = tree / "init"
     shutil.copy2(DATA / "initramfs/init", init)
     init.chmod(0o755)
@@ -469,7 +499,7 @@ def build_initramfs(live: pathlib.Path, out: pathlib.Path, work: pathlib.Path) -
     order: list[str] = []
     for module in INITRAMFS_MODULES:
         out_text = run(
-            ["modprobe", "-d", live, "-S", kernel_version(), "--show-depends", module],
+            ["modprobe", "-d", live, "-S", kver, "--show-depends", module],
             capture=True,
         ).stdout.decode()
         for line in out_text.splitlines():
@@ -479,11 +509,18 @@ def build_initramfs(live: pathlib.Path, out: pathlib.Path, work: pathlib.Path) -
                 inside = path[len(str(live)) :] if path.startswith(str(live)) else path
                 if inside not in order:
                     order.append(inside)
+    loaded = []
     for inside in order:
         dest = tree / inside.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(live / inside.lstrip("/"), dest)
-    (tree / "modules.list").write_text("".join(f"{p}\n" for p in order))
+        # Debian 13 compresses its modules with xz; the initramfs holds them plain,
+        # so busybox's insmod needs no decompressor.
+        if dest.suffix == ".xz":
+            run(["xz", "-d", dest])
+            dest = dest.with_suffix("")
+        loaded.append("/" + dest.relative_to(tree).as_posix())
+    (tree / "modules.list").write_text("".join(f"{p}\n" for p in loaded))
 
     names = sorted(
         str(p.relative_to(tree)) for p in tree.rglob("*")
@@ -556,9 +593,10 @@ def build_iso(cache: pathlib.Path, key: str, repo: ModuleType | None) -> pathlib
         (tree / "boot" / f"{UUID}.uuid").touch()
         boot = tree / "arch/boot/x86_64"
         boot.mkdir(parents=True)
-        shutil.copyfile(f"/boot/vmlinuz-{kernel_version()}", boot / "vmlinuz-linux")
+        kver = kernel_release(rootfs)
+        shutil.copyfile(rootfs / f"boot/vmlinuz-{kver}", boot / "vmlinuz-linux")
         with step("building the initramfs"):
-            build_initramfs(live, boot / "initramfs-linux.img", work)
+            build_initramfs(live, kver, boot / "initramfs-linux.img", work)
         (tree / "arch/x86_64").mkdir(parents=True)
         with step("building the repository"):
             if repo is not None:

@@ -1,6 +1,6 @@
 """Cut the test repository's systemd, util-linux, shadow, openssh… packages from Debian.
 
-The installed stand-in system boots real systemd, so its packages carry Debian 12's
+The installed stand-in system boots real systemd, so its packages carry Debian 13's
 binaries. They come from the debootstrap root that the live system is built from
 (build.py's ROOTFS_INCLUDE has everything listed here), not from the host: installing
 systemd-resolved or openssh-server on the host would take over its resolv.conf or start
@@ -10,7 +10,9 @@ Each ``Part`` names an Arch package, the Debian packages it is cut from and the 
 takes (patterns on the paths ``dpkg -L`` prints); nothing else of those packages is
 copied: no docs, man pages, locales, and only the units, rules and binaries a QEMU guest
 on a 9p root uses. The shared libraries all of them need are found with ``ldd`` inside
-the root and go into packages named after their Arch counterparts (``LIBRARIES``).
+the root and go into packages named after their Arch counterparts (``LIBRARIES``), and so
+do the libraries they load with ``dlopen`` that their ``.note.dlopen`` ELF notes mark
+required or recommended (systemd 257's libkmod, libzstd), which ``ldd`` does not list.
 
 Paths are moved to Arch's layout: ``/bin``, ``/sbin``, ``/usr/sbin`` -> ``/usr/bin``,
 ``/lib`` -> ``/usr/lib``, the multiarch directory ``/usr/lib/x86_64-linux-gnu`` ->
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import os
 import posixpath
 import re
@@ -75,8 +78,8 @@ _SYSTEMD_UNITS = (
     "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service",
     "systemd-tmpfiles-clean.service", "systemd-tmpfiles-clean.timer", "systemd-sysusers.service",
     "systemd-sysctl.service", "systemd-modules-load.service", "systemd-random-seed.service",
-    "systemd-remount-fs.service", "systemd-update-utmp.service", "systemd-machine-id-commit.service",
-    "systemd-update-utmp-runlevel.service", "modprobe@.service",
+    # (Debian 13's systemd has no utmp units any more.)
+    "systemd-remount-fs.service", "systemd-machine-id-commit.service", "modprobe@.service",
     "dev-hugepages.mount", "dev-mqueue.mount", "sys-kernel-config.mount",
     "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
     # logins
@@ -98,7 +101,9 @@ _SYSTEMD_LIBEXEC = (
     "systemd-networkd-wait-online", "systemd-network-generator", "systemd-resolved",
     "systemd-hostnamed", "systemd-shutdown", "systemd-sulogin-shell", "systemd-remount-fs",
     "systemd-sysctl", "systemd-modules-load", "systemd-random-seed", "systemd-user-sessions",
-    "systemd-user-runtime-dir", "systemd-update-utmp", "resolv.conf",
+    "systemd-user-runtime-dir", "resolv.conf",
+    # PID 1 runs every unit through it since systemd 255; without it: "Freezing execution."
+    "systemd-executor",
     "system-generators/systemd-getty-generator", "system-generators/systemd-fstab-generator",
     "system-generators/systemd-run-generator",  # systemd.run=, which `provision-arch run` uses
     "network/99-default.link",
@@ -140,17 +145,17 @@ def _bins(*names: str) -> tuple[str, ...]:
 PARTS: tuple[Part, ...] = (
     Part(
         "glibc", ("libc6", "libc-bin"), ("/sbin/ldconfig", "/usr/bin/getent"),
-        "GNU C library (Debian 12 build): libc, the loader, ldconfig, getent",
+        "GNU C library (Debian 13 build): libc, the loader, ldconfig, getent",
         # As on Arch: so pacman installs the layout (/lib64, /bin links) before anything runs.
         depends=("filesystem", "tzdata"),
     ),
     Part(
         "bash", ("bash",), _bins("bash"),
-        "The GNU Bourne Again shell (Debian 12 build; /usr/bin/sh stays busybox)",
+        "The GNU Bourne Again shell (Debian 13 build; /usr/bin/sh stays busybox)",
     ),
     Part(
         "systemd-libs", ("libnss-systemd",), (f"/lib/{MULTIARCH}/libnss_systemd.so.2",),
-        "systemd client libraries and the NSS module (Debian 12 build)",
+        "systemd client libraries and the NSS module (Debian 13 build)",
     ),
     Part(
         "systemd",
@@ -176,7 +181,7 @@ PARTS: tuple[Part, ...] = (
             *(f"/etc/systemd/{c}.conf" for c in (
                 "journald", "logind", "networkd", "resolved", "system", "user")),
         ),
-        "system and service manager (Debian 12 build, cut to what a QEMU guest uses)",
+        "system and service manager (Debian 13 build, cut to what a QEMU guest uses)",
         # busybox is /usr/bin/sh, which runs the install scriptlet.
         depends=("busybox", "dbus", "kmod", "pam", "util-linux"),
     ),
@@ -193,19 +198,19 @@ PARTS: tuple[Part, ...] = (
             "/lib/systemd/system/dbus.service", "/lib/systemd/system/dbus.socket",
             "/lib/systemd/system/*.target.wants/dbus.*",
         ),
-        "freedesktop.org message bus system (Debian 12 build)",
+        "freedesktop.org message bus system (Debian 13 build)",
     ),
     Part(
         "util-linux", ("util-linux", "mount", "login"),
         _bins("agetty", "sulogin", "su", "runuser", "findmnt", "mount", "umount", "login", "nologin"),
-        "system utilities: agetty, login, mount, su, runuser, sulogin (Debian 12 build)",
+        "system utilities: agetty, login, mount, su, runuser, sulogin (Debian 13 build)",
         depends=("pam",),
     ),
     Part(
         "shadow", ("passwd",),
         _bins("chpasswd", "passwd", "useradd", "usermod", "userdel", "groupadd", "groupdel",
               "groupmod", "gpasswd", "chage"),
-        "password and account management tools (Debian 12 build)", depends=("pam",),
+        "password and account management tools (Debian 13 build)", depends=("pam",),
     ),
     Part(
         "pam", ("libpam0g", "libpam-modules", "libpam-modules-bin"),
@@ -213,34 +218,34 @@ PARTS: tuple[Part, ...] = (
             *(f"/lib/{MULTIARCH}/security/{m}.so" for m in _PAM_MODULES),
             "/sbin/unix_chkpwd", "/etc/security/limits.conf", "/etc/security/pam_env.conf",
         ),
-        "PAM: libpam and the modules the stand-in's PAM stacks use (Debian 12 build)",
+        "PAM: libpam and the modules the stand-in's PAM stacks use (Debian 13 build)",
         depends=("pambase",),
     ),
     Part(
         "coreutils", ("coreutils",), _bins("install"),
-        "install from the GNU core utilities (Debian 12 build; the rest is busybox)",
+        "install from the GNU core utilities (Debian 13 build; the rest is busybox)",
     ),
     Part(
         "pacman", ("pacman-package-manager",), _bins("pacman", "pacman-conf", "pacman-key"),
-        "package manager (Debian 12 build of pacman 6.0; not in base: only boxes that ask get it)",
+        "package manager (Debian 13 build of pacman 7.0; in base, as on Arch)",
     ),
     Part(
         "kmod", ("kmod",), _bins("kmod", "lsmod", "modprobe", "insmod", "rmmod", "depmod", "modinfo"),
-        "kernel module tools (Debian 12 build)",
+        "kernel module tools (Debian 13 build)",
     ),
     Part(
         "iproute2", ("iproute2",), _bins("ip", "ss"),
-        "IP routing utilities: ip and ss (Debian 12 build)",
+        "IP routing utilities: ip and ss (Debian 13 build)",
     ),
     Part(
         "openssh", ("openssh-server", "openssh-client", "openssh-sftp-server"),
         (*_bins("sshd", "ssh", "ssh-keygen", "scp"), "/usr/lib/openssh/sftp-server"),
-        "SSH client and server (Debian 12 build)",
+        "SSH client and server (Debian 13 build)",
     ),
     Part(
         "sudo", ("sudo",),
         ("/usr/bin/sudo", "/usr/libexec/sudo/sudoers.so", "/usr/libexec/sudo/libsudo_util.so.0*"),
-        "give users root rights for some commands (Debian 12 build)", depends=("pam",),
+        "give users root rights for some commands (Debian 13 build)", depends=("pam",),
     ),
 )  # fmt: skip
 
@@ -268,18 +273,18 @@ LIBRARIES: dict[str, str] = {
     "liblzma5": "xz",
     "libzstd1": "zstd",
     "zlib1g": "zlib",
-    "libssl3": "openssl",
+    "libssl3t64": "openssl",
     "libseccomp2": "libseccomp",
     "libaudit1": "audit",
     "libpcre2-8-0": "pcre2",
     "libdbus-1-3": "dbus",
     "libexpat1": "expat",
     "libmnl0": "libmnl",
-    "libelf1": "libelf",
+    "libelf1t64": "libelf",
     "libbpf1": "libbpf",
     "libbsd0": "libbsd",
     "libmd0": "libmd",
-    "libtirpc3": "libtirpc",
+    "libtirpc3t64": "libtirpc",
     "libnsl2": "libnsl",
     "libwrap0": "tcp-wrappers",
     "libgssapi-krb5-2": "krb5",
@@ -297,31 +302,38 @@ LIBRARIES: dict[str, str] = {
     "libtinfo6": "ncurses",
     "libapparmor1": "apparmor",
     # pacman's: libalpm, and curl, gpgme, libarchive with what they link.
-    "libalpm13": "pacman",
-    "libarchive13": "libarchive",
-    "libcurl4": "curl",
-    "libgpgme11": "gpgme",
-    "libassuan0": "libassuan",
+    "libalpm15": "pacman",
+    "libarchive13t64": "libarchive",
+    "libcurl4t64": "curl",
+    "libgpgme11t64": "gpgme",
+    "libassuan9": "libassuan",
     "libbrotli1": "brotli",
     "libffi8": "libffi",
     "libgcc-s1": "gcc-libs",
     "libstdc++6": "gcc-libs",
     "libgmp10": "gmp",
-    "libgnutls30": "gnutls",
-    "libhogweed6": "nettle",
-    "libnettle8": "nettle",
-    "libicu72": "icu",
+    "libgnutls30t64": "gnutls",
+    "libhogweed6t64": "nettle",
+    "libnettle8t64": "nettle",
+    "libicu76": "icu",
     "libidn2-0": "libidn2",
-    "libldap-2.5-0": "libldap",
+    "libldap2": "libldap",
     "libnghttp2-14": "libnghttp2",
     "libp11-kit0": "p11-kit",
-    "libpsl5": "libpsl",
+    "libpsl5t64": "libpsl",
     "librtmp1": "rtmpdump",
     "libsasl2-2": "libsasl",
-    "libssh2-1": "libssh2",
+    "libssh2-1t64": "libssh2",
     "libtasn1-6": "libtasn1",
-    "libunistring2": "libunistring",
+    "libunistring5": "libunistring",
     "libxml2": "libxml2",
+    # New in Debian 13's builds.
+    "libnghttp3-9": "libnghttp3",
+    "libwtmpdb0": "wtmpdb",
+    "liblastlog2-2": "util-linux-libs",
+    "libxxhash0": "xxhash",
+    "libncursesw6": "ncurses",
+    "libsqlite3-0": "sqlite",
 }
 
 LIBRARY_DESCRIPTIONS: dict[str, str] = {
@@ -510,6 +522,53 @@ def needed(path: Path) -> list[str]:
     return names
 
 
+# Priorities of a .note.dlopen entry that the stand-in ships (the "suggested" ones are
+# optional features a QEMU guest does without).
+DLOPEN_PRIORITIES = ("required", "recommended")
+NT_FDO_DLOPEN = 0x407C0C0A
+
+
+def _sections(data: bytes) -> list[tuple[str, int, int, int]]:
+    """(name, type, offset, size) of each section of a 64-bit little-endian ELF file."""
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab = headers[shstrndx][4] if shstrndx < shnum else 0
+    result = []
+    for name, kind, _flags, _addr, offset, size, _link, _info, _align, _entsize in headers:
+        end = data.index(b"\0", strtab + name)
+        result.append((data[strtab + name : end].decode(errors="replace"), kind, offset, size))
+    return result
+
+
+def dlopen_sonames(path: Path, priorities: Iterable[str] = DLOPEN_PRIORITIES) -> list[list[str]]:
+    """The libraries an ELF file declares it may dlopen (systemd's ``.note.dlopen``, the
+    FDO ELF dlopen metadata): for each entry of a wanted priority, its sonames in order
+    of preference."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    wanted = set(priorities)
+    found: list[list[str]] = []
+    for name, _kind, offset, size in _sections(data):
+        if name != ".note.dlopen":
+            continue
+        pos = offset
+        while pos + 12 <= offset + size:
+            namesz, descsz, kind = struct.unpack_from("<III", data, pos)
+            pos += 12
+            owner = data[pos : pos + namesz].rstrip(b"\0")
+            pos += (namesz + 3) & ~3
+            desc = data[pos : pos + descsz].rstrip(b"\0")
+            pos += (descsz + 3) & ~3
+            if owner != b"FDO" or kind != NT_FDO_DLOPEN:
+                continue
+            for entry in json.loads(desc):
+                if entry.get("priority", "recommended") in wanted:
+                    found.append(list(entry["soname"]))
+    return found
+
+
 def ldd(root: Root, paths: Iterable[str]) -> dict[str, dict[str, str]]:
     """For each ELF file (a path inside the root): library name -> path inside the root."""
     todo = sorted(set(paths))
@@ -544,7 +603,7 @@ def ldd(root: Root, paths: Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def _merged(path: str) -> str:
-    """Debian 12's usr-merged spelling: dpkg lists some files under /lib, /bin, /sbin."""
+    """Debian 13's usr-merged spelling: dpkg lists some files under /lib, /bin, /sbin."""
     for top in ("/lib/", "/bin/", "/sbin/", "/lib64/"):
         if path.startswith(top):
             return "/usr" + path
@@ -628,7 +687,8 @@ class _Harvest:
                     del self.owner_of_dest[dest]
 
     def add_libraries(self) -> None:
-        """The shared libraries of every ELF file, to a fixed point (libraries need libraries)."""
+        """The shared libraries of every ELF file, to a fixed point (libraries need libraries),
+        with the ones they dlopen as if linked directly (a package depends on them)."""
         scanned: set[str] = set()
         while todo := sorted(set(self.elves) - scanned):
             scanned.update(todo)
@@ -636,6 +696,20 @@ class _Harvest:
                 direct = set(needed(self.root.host(path)))
                 for name, lib in libs.items():
                     self._add_library(path, name, lib, direct)
+                for sonames in dlopen_sonames(self.root.host(path)):
+                    found = self._find_library(sonames)
+                    if found is None:
+                        raise DebianError(f"{path} dlopens one of {', '.join(sonames)}: none is in the root")
+                    self._add_library(path, posixpath.basename(found), found, {posixpath.basename(found)})
+
+    def _find_library(self, sonames: list[str]) -> str | None:
+        """The first of the sonames found in the root's library directories (a path inside it)."""
+        for soname in sonames:
+            for libdir in LIBDIRS:
+                candidate = f"{libdir}/{soname}"
+                if (self.root.root / candidate.lstrip("/")).exists():
+                    return candidate
+        return None
 
     def _add_library(self, user_path: str, name: str, lib: str, direct: set[str]) -> None:
         root = self.root
@@ -655,7 +729,7 @@ class _Harvest:
         if dest in self.owner_of_dest:
             return
         if arch not in self.packages:
-            desc = LIBRARY_DESCRIPTIONS.get(arch, f"{arch} shared libraries (Debian 12 build)")
+            desc = LIBRARY_DESCRIPTIONS.get(arch, f"{arch} shared libraries (Debian 13 build)")
             self.packages[arch] = Package(arch, desc, _pkgver(root.version(deb)))
         # Stored under the name the loader looks for (the soname), not the versioned file name.
         libpath = root.resolve(lib)

@@ -1,9 +1,11 @@
 """Build the offline stand-in of the Arch package repositories (core, extra).
 
-The PKGBUILDs under ``packages/`` repackage files of this Debian host (busybox,
-the kernel, tzdata, the Arch keyring) as small Arch packages, and Debian 12's
-systemd, util-linux, shadow, PAM, openssh, sudo, … and their libraries, cut
-from the debootstrap root of the live system by ``debian.py``.  makepkg refuses
+The PKGBUILDs under ``packages/`` repackage files of the Debian 13 debootstrap
+root of the live system (busybox, the kernel, tzdata, the Arch keyring; the
+PKGBUILDs find it as ``$STANDIN_ROOT``) as small Arch packages, and Debian 13's
+systemd, util-linux, shadow, PAM, pacman, openssh, sudo, … and their libraries,
+cut from the same root by ``debian.py``. Nothing comes from the host's own
+files, so the repository is the same on a Debian 12 and a Debian 13 host.  makepkg refuses
 to run as root, so each package is built as ``nobody`` in a scratch copy of
 its directory, then collected into ``<out>/<repo>/os/x86_64`` with repo-add.
 
@@ -50,58 +52,33 @@ class RepoBuildError(Exception):
     """The stand-in repository could not be built."""
 
 
-def host_kernel_release() -> str:
-    """The newest kernel release installed on the host (its /boot/vmlinuz-*)."""
+def kernel_release(rootfs: pathlib.Path) -> str:
+    """The newest kernel release of the debootstrap root (its /boot/vmlinuz-* with modules)."""
     releases = sorted(
         p.name.removeprefix("vmlinuz-")
-        for p in pathlib.Path("/boot").glob("vmlinuz-*")
-        if (pathlib.Path("/lib/modules") / p.name.removeprefix("vmlinuz-")).is_dir()
+        for p in (rootfs / "boot").glob("vmlinuz-*")
+        if (rootfs / "usr/lib/modules" / p.name.removeprefix("vmlinuz-")).is_dir()
     )
     if not releases:
-        raise RepoBuildError("no /boot/vmlinuz-* with a matching /lib/modules/<release> on this host")
+        raise RepoBuildError(f"no boot/vmlinuz-* with a matching usr/lib/modules/<release> in {rootfs}")
     # Version order, not text order: 6.1.0-10 is newer than 6.1.0-9.
     return max(releases, key=_release_key)
 
 
 def _release_key(release: str) -> list[tuple[int, str]]:
-    parts = release.replace("-", ".").split(".")
+    parts = release.replace("-", ".").replace("+", ".").split(".")
     return [(int(p), "") if p.isdigit() else (-1, p) for p in parts]
-
-
-def _host_inputs() -> list[pathlib.Path]:
-    """Host files copied into the packages (their content changes the result)."""
-    kver = host_kernel_release()
-    modules = pathlib.Path("/lib/modules") / kver
-    found = [ko for name in STANDIN_MODULES for ko in sorted((modules / "kernel").rglob(f"{name}.ko*"))[:1]]
-    keyrings = pathlib.Path("/usr/share/keyrings")
-    return [
-        pathlib.Path("/bin/busybox"),
-        pathlib.Path(f"/boot/vmlinuz-{kver}"),
-        modules / "modules.builtin",
-        modules / "modules.order",
-        *found,
-        *(pathlib.Path("/usr/share/zoneinfo") / zone for zone in ZONES),
-        keyrings / "archlinux.gpg",
-        keyrings / "archlinux-trusted",
-        keyrings / "archlinux-revoked",
-    ]
 
 
 def _package_inputs() -> list[pathlib.Path]:
     return sorted(p for p in PACKAGES_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-def _inputs() -> list[pathlib.Path]:
-    try:
-        host = _host_inputs()
-    except RepoBuildError:
-        # Importing this module must not fail on a host without a kernel; the
-        # build itself reports it.
-        host = []
-    return [pathlib.Path(__file__).resolve(), pathlib.Path(debian.__file__).resolve(), *_package_inputs(), *host]
-
-
-INPUTS: list[pathlib.Path] = _inputs()
+# The files of the project the repository is made from; the debootstrap root (the other
+# input) is keyed by its recipe (build.rootfs_key).
+INPUTS: list[pathlib.Path] = [
+    pathlib.Path(__file__).resolve(), pathlib.Path(debian.__file__).resolve(), *_package_inputs()
+]
 
 
 def run(cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] | None = None) -> None:
@@ -165,9 +142,15 @@ def _build_package(
     )  # fmt: skip
 
 
-def package_env(kver: str) -> dict[str, str]:
-    """What the PKGBUILDs read besides makepkg's own variables."""
-    return {"STANDIN_KVER": kver, "STANDIN_MODULES": " ".join(STANDIN_MODULES), "STANDIN_ZONES": " ".join(ZONES)}
+def package_env(rootfs: pathlib.Path) -> dict[str, str]:
+    """What the PKGBUILDs read besides makepkg's own variables: the root their files
+    come from, its kernel release, the modules and zones to ship."""
+    return {
+        "STANDIN_ROOT": str(rootfs),
+        "STANDIN_KVER": kernel_release(rootfs),
+        "STANDIN_MODULES": " ".join(STANDIN_MODULES),
+        "STANDIN_ZONES": " ".join(ZONES),
+    }
 
 
 def build_repo(out: pathlib.Path, rootfs: pathlib.Path) -> None:
@@ -176,14 +159,13 @@ def build_repo(out: pathlib.Path, rootfs: pathlib.Path) -> None:
     rootfs is the Debian root (build.ensure_rootfs) the Debian-built packages are cut from."""
     if os.geteuid() != 0:
         raise RepoBuildError("building the stand-in repository needs root (to run makepkg as nobody)")
-    kver = host_kernel_release()
     try:
         cut = debian.harvest(rootfs)
     except debian.DebianError as exc:
         raise RepoBuildError(f"cutting packages from {rootfs}: {exc}") from exc
     repos = {repo: list(names) for repo, names in REPOS.items()}
     repos["core"] += [name for name in cut if name not in repos["core"]]
-    env_extra = {**package_env(kver), "STANDIN_BUSYBOX_SKIP": " ".join(debian.busybox_shadowed(cut))}
+    env_extra = {**package_env(rootfs), "STANDIN_BUSYBOX_SKIP": " ".join(debian.busybox_shadowed(cut))}
     with tempfile.TemporaryDirectory(prefix="standin-repo-") as tmp:
         scratch = pathlib.Path(tmp)
         pkgdest = scratch / "pkgs"
@@ -222,16 +204,23 @@ def build_repo(out: pathlib.Path, rootfs: pathlib.Path) -> None:
 PKGVER_RE = re.compile(r"^[A-Za-z0-9._+]+$")
 
 
-def build_package(source: pathlib.Path, out: pathlib.Path, *, pkgver: str | None = None) -> list[pathlib.Path]:
+def build_package(
+    source: pathlib.Path, out: pathlib.Path, *, pkgver: str | None = None, rootfs: pathlib.Path | None = None
+) -> list[pathlib.Path]:
     """Build the package whose PKGBUILD is in ``source`` (e.g. ``PACKAGES_DIR / "vim"``) into
     the directory ``out``, as build_repo builds each package; with ``pkgver``, the
-    PKGBUILD's ``pkgver=`` line is replaced in the build's copy. Returns the new files
+    PKGBUILD's ``pkgver=`` line is replaced in the build's copy. ``rootfs`` is the
+    debootstrap root (the cached one when not given). Returns the new files
     (no repo-add: the caller owns the database)."""
     if os.geteuid() != 0:
         raise RepoBuildError("building a stand-in package needs root (to run makepkg as nobody)")
     if pkgver is not None and not PKGVER_RE.fullmatch(pkgver):
         raise RepoBuildError(f"invalid pkgver {pkgver!r}")
-    kver = host_kernel_release()
+    if rootfs is None:
+        # Not at the top: build imports this module.
+        from tests.standin.build import cache_dir, ensure_rootfs  # noqa: PLC0415
+
+        rootfs = ensure_rootfs(cache_dir())
     with tempfile.TemporaryDirectory(prefix="standin-pkg-") as tmp:
         scratch = pathlib.Path(tmp)
         copy = scratch / "source"
@@ -247,7 +236,7 @@ def build_package(source: pathlib.Path, out: pathlib.Path, *, pkgver: str | None
             path.mkdir()
         for path in (scratch, scratch / "build", pkgdest):
             shutil.chown(path, BUILD_USER)
-        _build_package("package", scratch, pkgdest, package_env(kver), source=copy)
+        _build_package("package", scratch, pkgdest, package_env(rootfs), source=copy)
         made = sorted(pkgdest.iterdir())
         if not made:
             raise RepoBuildError(f"makepkg made no package from {source}")
