@@ -41,8 +41,10 @@ SOURCE_DATE_EPOCH = "1704067200"
 
 # Zones (tzdata) and kernel modules (linux) the packages ship; passed to makepkg.
 ZONES = ["Etc/UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Shanghai", "Asia/Tokyo"]
+# Debian 13's 6.12 builds virtio*, virtiofs and fuse in (the linux PKGBUILD skips what
+# modules.builtin lists); fscache is part of netfs since Linux 6.8.
 STANDIN_MODULES = [
-    "9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "virtio", "virtio_ring", "virtio_pci",
+    "9p", "9pnet", "9pnet_virtio", "netfs", "virtio", "virtio_ring", "virtio_pci",
     "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_net", "net_failover", "failover",
     "virtiofs", "fuse",  # the rendered MODULES name virtiofs; fuse is its dependency
 ]  # fmt: skip
