@@ -473,8 +473,20 @@ def first_boot_setup(live: pathlib.Path) -> None:
     systemd 257's firstboot asks for a keymap on the console unless
     `systemd.firstboot=off` is on the kernel command line (systemd#34490)."""
     (live / "etc/locale.conf").write_text("LANG=C.UTF-8\n")
-    # Debian links vconsole.conf to /etc/default/keyboard, which minbase lacks.
+    # Debian links vconsole.conf to /etc/default/keyboard, which minbase lacks, and its
+    # tmpfiles (debian.conf, `L+ /etc/vconsole.conf`) makes that link again at every boot
+    # before firstboot runs, which then finds a "configured" console; Arch has no such
+    # line. A same-named file in /etc/tmpfiles.d replaces Debian's, without that line.
     (live / "etc/vconsole.conf").unlink(missing_ok=True)
+    debian_conf = live / "usr/lib/tmpfiles.d/debian.conf"
+    if debian_conf.is_file():
+        kept = [line for line in debian_conf.read_text().splitlines() if "/etc/vconsole.conf" not in line]
+        override = live / "etc/tmpfiles.d/debian.conf"
+        override.parent.mkdir(parents=True, exist_ok=True)
+        override.write_text(
+            "# The stand-in's copy of Debian's debian.conf without /etc/vconsole.conf (build.py).\n"
+            + "".join(f"{line}\n" for line in kept)
+        )
     localtime = live / "etc/localtime"
     localtime.unlink(missing_ok=True)
     localtime.symlink_to("/usr/share/zoneinfo/UTC")

@@ -27,6 +27,11 @@ UUID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}$")
 LABEL_RE = re.compile(r"^ARCH_\d{6}$")
 # Boot failures the console can show instead of what a wait expects.
 FAILURES = [r"Kernel panic - not syncing", r"\[rootfs ~\]# ", r"emergency mode"]
+# What provision-arch puts on the live kernel command line against the real ISO's
+# gates (provisioner/qemu.py): the stand-in has the gates, so its happy path needs the
+# same. Tests of the gates themselves boot without them.
+PRODUCT_ARGS = ("systemd.show_status=false systemd.tty.term.console=dumb "
+                "systemd.mask=systemd-time-wait-sync.service systemd.firstboot=off")  # fmt: skip
 # A marker the echoed command line cannot contain: the command that sets the
 # prompt splits it with an empty quote pair.
 MARKER = "@@STANDIN@@"
@@ -132,6 +137,7 @@ class LiveSession:
     share: pathlib.Path
     mirror: str
     seconds_to_login_prompt: float
+    boot_output: bytes
     login_output: bytes
     zsh_prompts: list[bytes]
 
@@ -157,10 +163,10 @@ def live(standin_iso: pathlib.Path, iso_info: IsoInfo,
     # A trailing slash checks that choose-mirror strips it; the URL is the
     # repository baked into the ISO, so pacman still works offline after it.
     mirror = "file:///run/archiso/bootmnt/repo/"
-    append = f"archisobasedir=arch archisosearchuuid={iso_info.uuid} console=ttyS0,115200 mirror={mirror}"
+    append = f"archisobasedir=arch archisosearchuuid={iso_info.uuid} console=ttyS0,115200 mirror={mirror} {PRODUCT_ARGS}"
     guest = Guest(standin_iso, iso_info, workdir, append, share=share)
     try:
-        guest.expect("archiso login: ", timeout=240)
+        boot_output = guest.expect("archiso login: ", timeout=240)
         seconds = time.monotonic() - guest.started
         print(f"\nstand-in boot to login prompt: {seconds:.1f}s", file=sys.stderr)
         guest.send("root")
@@ -179,7 +185,7 @@ def live(standin_iso: pathlib.Path, iso_info: IsoInfo,
         guest.expect("bash-5.2# ", timeout=30)
         guest.send(f"bind 'set enable-bracketed-paste off'; stty -echo; {SET_MARKER}")
         guest.expect(MARKER, timeout=30)
-        yield LiveSession(guest, iso_info, share, mirror, seconds, login_output, prompts)
+        yield LiveSession(guest, iso_info, share, mirror, seconds, boot_output, login_output, prompts)
     finally:
         guest.close()
 
@@ -278,11 +284,20 @@ def test_9p_share_mounts_with_modprobe(live: LiveSession) -> None:
     assert (live.share / "from-guest").read_text() == "written-by-guest\n"
 
 
-def test_archisolabel_finds_the_iso(standin_iso: pathlib.Path, iso_info: IsoInfo,
-                                    tmp_path: pathlib.Path) -> None:  # fmt: skip
-    append = f"archisobasedir=arch archisolabel={iso_info.label} console=ttyS0,115200"
+def test_archisolabel_finds_the_iso_and_firstboot_prompts(standin_iso: pathlib.Path, iso_info: IsoInfo,
+                                                          tmp_path: pathlib.Path) -> None:  # fmt: skip
+    """Without `systemd.firstboot=off`, the machine id `uninitialized` makes every live boot
+    a first boot and systemd 257's firstboot asks for a keymap on the serial console
+    (systemd#34490), as on the real ISO; an empty answer skips it and the boot goes on."""
+    append = f"archisobasedir=arch archisolabel={iso_info.label} console=ttyS0,115200 systemd.show_status=false"
     guest = Guest(standin_iso, iso_info, tmp_path, append)
     try:
+        started = time.monotonic()
+        guest.expect("keymap", timeout=240)
+        print(f"\nfirstboot keymap prompt after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        # The rest of the prompt line, then an empty answer (skip).
+        time.sleep(2)
+        guest.send("")
         guest.expect("archiso login: ", timeout=240)
     finally:
         guest.close()
@@ -319,3 +334,68 @@ def test_ip_dhcp_ends_in_the_rescue_shell(standin_iso: pathlib.Path, iso_info: I
         assert index == 0, f"ip=dhcp did not end in the rescue shell; see {guest.transcript}"
     finally:
         guest.close()
+
+
+def test_versions_of_todays_arch(live: LiveSession) -> None:
+    """Debian 13's stack: Linux 6.12, systemd 257, pacman 7.0, OpenSSH 10, arch-install-scripts 28."""
+    assert live.run("uname -r").strip().splitlines()[-1].startswith("6.12."), live.run("uname -r")
+    assert re.search(r"^systemd 257\b", live.run("systemctl --version"), re.M)
+    assert "Pacman v7.0" in live.run("pacman --version")
+    assert re.search(r"OpenSSH_10\.", live.run("ssh -V 2>&1"))
+    assert re.search(r"^28\b", live.run("dpkg-query -W -f '${Version}' arch-install-scripts; echo"), re.M)
+
+
+def test_archiso_hook_polls_ten_seconds(live: LiveSession) -> None:
+    text = live.boot_output.decode(errors="replace")
+    assert re.search(r"Waiting 10 seconds for device /dev/disk/by-uuid/", text), text[-3000:]
+
+
+def test_pacman_downloads_as_alpm_with_its_sandbox_on(live: LiveSession) -> None:
+    assert live.run("pacman-conf DownloadUser").strip().splitlines()[-1] == "alpm"
+    switches = live.run("grep -E '^[[:space:]]*DisableSandbox' /etc/pacman.conf; echo rc=$?")
+    assert "rc=1" in switches, switches
+    assert live.run("id -un alpm").strip().splitlines()[-1] == "alpm"
+    # A download into a directory on the 9p share, as `pacstrap -c` does into the
+    # provisioner's cache share: pacman's sandboxed child writes it as alpm.
+    out = live.run(
+        "mkdir -p /mnt/host && (mountpoint -q /mnt/host || mount -t 9p -o trans=virtio,version=9p2000.L "
+        "host /mnt/host) && mkdir -p /mnt/host/pkg && pacman -Sy --noconfirm --noprogressbar >/dev/null 2>&1; "
+        "pacman -Sw --noconfirm --noprogressbar --debug --cachedir /mnt/host/pkg man-pages 2>&1 "
+        "| grep -iE 'sandbox|landlock|restricted|error|warning|download'; echo rc=${PIPESTATUS[0]}",
+        timeout=300,
+    )
+    print(f"\n--- pacman -Sw onto the 9p share ---\n{out}", file=sys.stderr)
+    assert "rc=0" in out, out
+    assert list((live.share / "pkg").glob("man-pages-*.pkg.tar.zst")), out
+    assert "landlock" in out.lower(), "pacman said nothing about its Landlock sandbox:\n" + out
+
+
+def test_time_sync_gate_as_on_the_real_iso(live: LiveSession) -> None:
+    """time-wait-sync is enabled (the product masks it at boot), pacman-init waits for
+    time-sync.target, and no NTP server answers: unmasked, time-wait-sync never finishes."""
+    wants = live.run("ls /run/archiso/sfs/airootfs/etc/systemd/system/sysinit.target.wants/")
+    assert "systemd-time-wait-sync.service" in wants and "systemd-timesyncd.service" in wants, wants
+    assert "time-sync.target" in live.run("systemctl show -P After pacman-init.service")
+    assert live.run("timedatectl show -P NTPSynchronized").strip().splitlines()[-1] == "no"
+    out = live.run(
+        "systemctl unmask --runtime systemd-time-wait-sync.service && "
+        "systemctl start --no-block systemd-time-wait-sync.service && sleep 20 && "
+        "systemctl is-active systemd-time-wait-sync.service; systemctl stop systemd-time-wait-sync.service",
+        timeout=120,
+    )
+    assert "activating" in out, out
+    status = live.run("systemctl show -P StatusText systemd-timesyncd.service")
+    print(f"\ntimesyncd: {status.strip()}", file=sys.stderr)
+
+
+def test_machine_id_uninitialized_makes_a_first_boot(live: LiveSession) -> None:
+    assert live.run("cat /run/archiso/sfs/airootfs/etc/machine-id").strip().splitlines()[-1] == "uninitialized"
+    assert re.fullmatch(r"[0-9a-f]{32}", live.run("cat /etc/machine-id").strip().splitlines()[-1])
+    firstboot = live.run("systemctl show -P ConditionResult systemd-firstboot.service")
+    # Ran (condition met: a first boot) and `systemd.firstboot=off` made it do nothing.
+    assert firstboot.strip().splitlines()[-1] == "yes", firstboot
+
+
+def test_sshd_enabled_as_on_the_iso(live: LiveSession) -> None:
+    assert live.run("systemctl is-enabled sshd.service").strip().splitlines()[-1] == "enabled"
+    assert live.run("systemctl is-active ssh.service").strip().splitlines()[-1] == "active"
