@@ -10,9 +10,10 @@ ISO ?=
 # What provision-arch needs on a Debian host (QEMU with 9p, user namespaces, gpgv for the ISO).
 DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv
 # What the tests need on top: shells for the console tests; for the offline ISO stand-in
-# debootstrap, squashfs, xorriso, a kernel, busybox, pacman with pacstrap/arch-chroot/makepkg.
+# debootstrap (its Debian 13 root brings the kernel and busybox: none from the host),
+# squashfs, xorriso, xz, pacman with pacstrap/arch-chroot/makepkg.
 TEST_PACKAGES := $(DEBIAN_PACKAGES) qemu-utils python3 python3-pip zsh bash git openssl gnupg \
-  fakeroot kmod debootstrap squashfs-tools xorriso linux-image-amd64 busybox-static cpio zstd \
+  fakeroot kmod debootstrap squashfs-tools xorriso xz-utils cpio zstd \
   pacman-package-manager arch-install-scripts makepkg archlinux-keyring libarchive-tools tzdata \
   openssh-client
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
