@@ -48,7 +48,7 @@ $(BIN)/provision-arch: pyproject.toml
 # Everything, on a fresh Debian 12 as root: installs the Debian packages, the venv, then runs
 # unit, orchestration (fake QEMU), console (real local shells) and vm (real QEMU on the stand-in).
 test: test-deps setup
-	$(BIN)/pytest -v
+	$(BIN)/pytest -v --hypothesis-profile=ci
 
 # No VM, no root: a minute.
 test-fast: setup
