@@ -29,11 +29,12 @@ DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com"
 ARCHIVE = "https://archive.archlinux.org"
 HINT = "check --iso-mirror and the network, or download the ISO yourself and pass --iso PATH"
 
-VERSION_RE = re.compile(r"^\d{4}\.\d{2}\.\d{2}$")
+# Every pattern here is ASCII-only ([0-9], re.ASCII): \d would also take other scripts' digits.
+VERSION_RE = re.compile(r"^[0-9]{4}\.[0-9]{2}\.[0-9]{2}$")
 # The name comes from the mirror's sha256sums.txt and becomes a path in the cache: only this
 # exact shape is accepted, so a hostile listing cannot name '../../x'.
-ISO_NAME_RE = re.compile(r"^archlinux-(\d{4}\.\d{2}\.\d{2})-x86_64\.iso$")
-SUMS_LINE_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$")
+ISO_NAME_RE = re.compile(r"^archlinux-([0-9]{4}\.[0-9]{2}\.[0-9]{2})-x86_64\.iso$")
+SUMS_LINE_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$", re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,11 @@ from provisioner.users import User, check_users, parse_users
 
 DEFAULT_PACKAGES = ("base", "base-devel", "linux", "vim", "man-db", "man-pages")
 
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
+# ASCII only, every pattern: \d takes any script's digits (20٢٤-01-01), and re.I lets [a-z]
+# match the Kelvin sign and the dotless i; [0-9] and re.ASCII do not.
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.IGNORECASE | re.ASCII
+)
 # ll_CC.CHARSET with an optional @modifier, as the names in Arch's /etc/locale.gen.
 LOCALE_RE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?\.(?P<charset>[A-Za-z0-9-]+)(@[a-z]+)?$")
 TIMEZONE_RE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
@@ -46,7 +50,7 @@ KEYMAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PACKAGE_RE = re.compile(r"^[a-z0-9@_+][a-z0-9@._+-]{0,126}$")
 # The mirror goes on the kernel command line (mirror=…): no spaces, quotes or shell syntax.
 MIRROR_RE = re.compile(r"^(https?|ftp|file)://[A-Za-z0-9._~:/%@+-]+$")
-SNAPSHOT_RE = re.compile(r"^20\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+SNAPSHOT_RE = re.compile(r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 
 
 class Accel(StrEnum):

@@ -24,8 +24,8 @@ KERNEL = f"{BOOT_DIR}/vmlinuz-linux"
 INITRAMFS = f"{BOOT_DIR}/initramfs-linux.img"
 # ISOs before archiso v77 (2024.05) ship the microcode as separate images to prepend.
 MICROCODE = ("/arch/boot/intel-ucode.img", "/arch/boot/amd-ucode.img")
-UUID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.uuid$")
-LABEL_RE = re.compile(r"^ARCH_\d{6}$")
+UUID_RE = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2})\.uuid$")
+LABEL_RE = re.compile(r"^ARCH_[0-9]{6}$")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ KEY_TYPES = (
 # An authorized_keys line: [options] type base64 [comment]. Options may hold quoted spaces.
 KEY_LINE_RE = re.compile(
     r"^(?:(?P<options>\S.*?)\s+)?(?P<type>(?:" + "|".join(map(re.escape, KEY_TYPES)) + r")(?:-cert-v01@openssh\.com)?)"
-    r"\s+(?P<blob>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$"
+    r"\s+(?P<blob>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$",
+    re.ASCII,
 )
 
 

@@ -33,7 +33,8 @@ UNIT_RE = re.compile(r"^[A-Za-z0-9_:][A-Za-z0-9:_.@-]{0,250}$")
 # Where a file from the config must not go: kernel and runtime file systems mounted over the
 # root at boot (a file there would be hidden or meaningless), and our own state directory.
 FORBIDDEN_DIRS = ("/proc", "/sys", "/dev", "/run", "/.provision-arch")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1: no terminal or shell line should carry them.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A command travels quoted on one console line of at most 3500 characters.
 MAX_QUOTED_COMMAND = 3000
 

@@ -463,6 +463,7 @@ def test_unreadable_trusted_key(tmp_path: Path, events: Bus) -> None:
     [
         ({"version": "2024-06-01"}, "invalid --iso-version", "e.g. 2024.06.01"),
         ({"version": "../../etc"}, "invalid --iso-version", "e.g. 2024.06.01"),
+        ({"version": "2024.0\u0666.01"}, "invalid --iso-version", "e.g. 2024.06.01"),  # an Arabic-Indic 6
         ({"mirror": "ftp://example.org"}, "invalid --iso-mirror URL", "http(s) mirror"),
         ({"mirror": "geo.mirror.pkgbuild.com"}, "invalid --iso-mirror URL", "http(s) mirror"),
         ({"archive": "file:///srv/archive"}, "invalid archive URL", "http(s) mirror"),
@@ -480,3 +481,15 @@ def test_parse_sums_picks_the_dated_iso() -> None:
     assert acquire.parse_sums(text, "2023.01.01") == ("archlinux-2023.01.01-x86_64.iso", "3" * 64)
     with pytest.raises(IsoError, match=r"does not list archlinux-2022\.01\.01"):
         acquire.parse_sums(text, "2022.01.01")
+
+
+def test_parse_sums_takes_ascii_digits_only() -> None:
+    name = "archlinux-\u0662\u0660\u0662\u0664.06.01-x86_64.iso"
+    with pytest.raises(IsoError, match=r"lists no archlinux-YYYY\.MM\.DD-x86_64\.iso"):
+        acquire.parse_sums(f"{'3' * 64}  {name}\n", None)
+
+
+@pytest.mark.parametrize(("header", "total"), [("1000", 1000), ("\u00b2", None), ("\u0663", None), ("", None), ("-1", None)])
+def test_content_length_takes_ascii_digits_only(header: str, total: int | None) -> None:
+    # A latin-1 '²' passed str.isdigit() and then broke int(): a traceback from a bad mirror.
+    assert download.content_length(header) == total

@@ -44,6 +44,21 @@ def test_good_values_pass() -> None:
     assert cfg.locale_gen_line == "de_DE.UTF-8 UTF-8"
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("snapshot", "20\u0662\u0664-01-01"),  # Arabic-Indic digits: \\d took them
+        ("snapshot", "2024-\uff10\uff11-01"),  # fullwidth digits
+        ("hostname", "\u212aelvin"),  # the Kelvin sign: [a-z] under re.I took it for 'k'
+        ("hostname", "p\u0131ng"),  # the dotless i: [a-z] under re.I took it for 'i'
+        ("hostname", "box\u017f"),  # the long s
+    ],
+)
+def test_non_ascii_digits_and_letters_are_refused(key: str, value: str) -> None:
+    with pytest.raises(UsageError, match=f"invalid .*{value}"):
+        make(**{key: value})
+
+
 def test_the_password_hash_never_shows_in_repr() -> None:
     cfg = make(password_hash="$6$salt$" + "x" * 86)
     assert "xxxx" not in repr(cfg)

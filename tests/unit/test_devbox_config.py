@@ -80,7 +80,8 @@ def test_bad_shells_are_refused(tmp_path: Path, shell: str) -> None:
 @pytest.mark.parametrize(
     "line",
     ["ssh-ed25519", "ssh-ed25519 not-base64!", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", KEY + "\nssh-rsa AAAA evil",
-     KEY.replace("ssh-ed25519", "ssh-rsa"), "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "hello world"],
+     KEY.replace("ssh-ed25519", "ssh-rsa"), "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "hello world",
+     KEY.replace(" ", "\u00a0", 1), KEY.replace(" ", "\u2003", 1)],  # no-break and em spaces: sshd splits on ASCII ones
 )  # fmt: skip
 def test_bad_authorized_keys_are_refused(tmp_path: Path, line: str) -> None:
     message = refused(tmp_path, user_toml(authorized_keys=[KEY, line]))
@@ -217,7 +218,7 @@ def test_good_unit_names(tmp_path: Path) -> None:
     assert load(tmp_path, f"services = {toml_value(units)}\n").services == tuple(units)
 
 
-@pytest.mark.parametrize("command", ["", "   ", "echo a\necho b", "echo \r", "x" * 3100, "'" * 700])
+@pytest.mark.parametrize("command", ["", "   ", "echo a\necho b", "echo \r", "x" * 3100, "'" * 700, "echo \x9b31m", "echo \x85"])
 def test_unfit_commands_are_refused(tmp_path: Path, command: str) -> None:
     message = refused(tmp_path, f"commands = [\"true\", {toml_value(command)}]\n")
     assert message.startswith("config key commands[1]: ")
