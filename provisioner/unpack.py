@@ -149,6 +149,8 @@ def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
         raise
     except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError) as exc:
         raise truncated(str(exc) or type(exc).__name__) from exc
+    except OSError as exc:  # tarfile seeking to where a corrupt header (a negative size) points
+        raise truncated(f"{exc.strerror or exc} while reading it") from exc
     if not members:
         raise truncated("no members")
     handle.seek(end)
@@ -167,6 +169,8 @@ def check_member(member: tarfile.TarInfo, kinds: dict[tuple[str, ...], bytes], *
         raise refuse(name, "appears twice in the archive")
     if member.type not in ALLOWED:
         raise refuse(name, f"has a member type that is not allowed ({shown(member.type.decode('latin-1'))})")
+    if member.size < 0 or member.uid < 0 or member.gid < 0 or member.mtime < 0:
+        raise refuse(name, "has a negative size, owner or time")
     if member.type in DEVICES and not as_root:
         raise refuse(name, "is a device node, which only a root install may create (in a user namespace mknod fails)")
     if not components and member.type != tarfile.DIRTYPE:
