@@ -86,6 +86,10 @@ class Option:
     default_text: str = ""  # what the default means, where the value alone would not say
     # Reads a structured config-file value: (TOML value, config file's directory, key) -> field value.
     parse: Callable[[Any, Path, str], Any] | None = None
+    # A secret: as a flag it sits in provision-arch's own argv. The run warns and names the safe
+    # ways: the envvar, and these other options (by field name).
+    secret: bool = False
+    instead: tuple[str, ...] = ()
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
@@ -197,6 +201,8 @@ class Config:
                 metavar="HASH",
                 envvar="PROVISION_ARCH_PASSWORD_HASH",
                 in_file=False,
+                secret=True,
+                instead=("password_file",),
             )
         },
     )
@@ -332,6 +338,17 @@ def box_record(cfg: Config) -> dict[str, Any]:
         for row in option_table()
         if row.option.in_manifest and (value := getattr(cfg, row.name)) is not None
     }
+
+
+def secret_in_argv(row: OptionField) -> str:
+    """The warning for a secret option given as a flag: where it shows, and the safe ways to give it."""
+    rows = {other.name: other for other in option_table()}
+    ways = [f"set {row.option.envvar}"] if row.option.envvar else []
+    ways += [f"use {rows[name].flags[0]} {rows[name].option.metavar}" for name in row.option.instead]
+    return (
+        f"{row.flags[0]} puts its value in provision-arch's command line, which other users of this host can read "
+        f"(/proc/PID/cmdline) and your shell may keep in its history; {' or '.join(ways)} instead"
+    )
 
 
 def config_keys() -> frozenset[str]:

@@ -122,6 +122,25 @@ def test_non_empty_target_needs_force(tmp_path: Path) -> None:
     assert (target / "keep.txt").read_text() == "user data"
 
 
+HASH = "$6$abc$" + "A" * 86
+
+
+def test_a_hash_on_the_command_line_is_warned_about_with_the_safe_ways(tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso"), "--password-hash", HASH])
+    assert result.exit_code == ExitCode.HOST, result.output  # it still works: scripts that pass it are not broken
+    warning = " ".join(result.output.split())
+    assert "--password-hash puts its value in provision-arch's command line" in warning
+    assert "set PROVISION_ARCH_PASSWORD_HASH or use --password-file FILE instead" in warning
+    assert HASH not in result.output
+
+
+def test_a_hash_from_the_environment_is_not_warned_about(tmp_path: Path) -> None:
+    env = {"PROVISION_ARCH_PASSWORD_HASH": HASH}
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso")], env=env)
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "command line" not in result.output
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("provision-arch ")
