@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ExitCode, ProvisionError
-from provisioner.unpack import Summary, UnpackError, escaped, scan, unpack
+from provisioner.unpack import Summary, UnpackError, agree, escaped, scan, unpack
 from tests.unpack_sandbox import Sandbox, extract_as_root
 
 AS_ROOT = extract_as_root()
@@ -153,6 +153,11 @@ def test_an_empty_name_is_refused(box: Sandbox) -> None:
     assert refused(box, archive(reg(""))) == "the stream is refused: member '' has an empty name"
 
 
+def test_a_name_ending_in_dot_is_refused(box: Sandbox) -> None:
+    message = refused(box, archive(directory("etc"), reg("etc/.")))
+    assert message == "the stream is refused: member 'etc/.' has a name ending in '.'"
+
+
 def test_a_name_given_twice_is_refused(box: Sandbox) -> None:
     assert "member './a' appears twice" in refused(box, archive(reg("a"), reg("./a")))
 
@@ -233,7 +238,7 @@ def test_a_device_node_is_created_as_root(box: Sandbox) -> None:
     assert summary.devices == 1
 
 
-@pytest.mark.parametrize("kind", [b"V", b"D", b"M", b"N", b"Z"])
+@pytest.mark.parametrize("kind", [tarfile.CONTTYPE, b"V", b"D", b"M", b"N", b"Z"])
 def test_other_member_types_are_refused(box: Sandbox, kind: bytes) -> None:
     info, _ = reg("odd")
     info.type = kind
@@ -338,6 +343,29 @@ def test_gnu_tar_lists_names_as_escaped_predicts(tmp_path: Path, name: str) -> N
     listing = subprocess.run(["tar", "-t", "--quoting-style=escape", "-f", str(path)], capture_output=True, env=env, check=True)
     name = name.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
     assert listing.stdout.decode("ascii") == escaped(name.rstrip("/")) + "\n"
+
+
+def test_a_listing_that_disagrees_with_tarfile_is_refused() -> None:
+    members = [directory(".")[0], symlink("s", "/etc")[0], reg("a")[0]]
+    good = "drwxr-xr-x 0/0 0 2023-11-14 22:13 ./\n"
+    good += "lrwxrwxrwx 0/0 0 2023-11-14 22:13 s -> /etc\n-rw-r--r-- 0/0 5 2023-11-14 22:13 a\n"
+    agree(members, good)
+    for bad in (
+        good.replace(" a\n", " s/a\n"),  # another name
+        good.replace("-rw-r--r--", "lrw-r--r--"),  # another type
+        good.replace("-> /etc", "-> /"),  # another link target
+        good + "-rw-r--r-- 0/0 5 2023-11-14 22:13 b\n",  # a member tarfile did not see
+        good.replace("2023-11-14 22:13 ", ""),  # a line that does not parse
+    ):
+        with pytest.raises(UnpackError, match="GNU tar"):
+            agree(members, bad)
+
+
+def test_a_pax_directory_name_with_a_slash_is_accepted(box: Sandbox) -> None:
+    info, _ = directory("placeholder")
+    info.pax_headers = {"path": "dir/"}
+    assert accepted(box, archive((info, b""), reg("dir/f"), fmt=tarfile.PAX_FORMAT)).entries == 2
+    assert (box.target / "dir/f").read_bytes() == b"data\n"
 
 
 # A whole tree round-trips.
