@@ -79,7 +79,8 @@ SHOWN_MAX = 160
 
 
 class UnpackError(ProvisionError):
-    """The stream was refused or could not be unpacked; the target holds nothing of it."""
+    """The stream was refused (before anything was written) or tar failed (the message then says
+    the target may hold part of the tree)."""
 
     exit_code = ExitCode.STEP
 
@@ -178,6 +179,8 @@ def check_member(member: tarfile.TarInfo, kinds: dict[tuple[str, ...], bytes], *
         raise refuse(name, "is a device node, which only a root install may create (in a user namespace mknod fails)")
     if not components and member.type != tarfile.DIRTYPE:
         raise refuse(name, "names the target itself but is not a directory")
+    if not components and member.mode & 0o022:  # tar would chmod the target so that others could write into it
+        raise refuse(name, f"would make the target writable by group or others (mode {member.mode:04o})")
     if member.type == tarfile.LNKTYPE:
         if problem := name_problem(member.linkname):
             raise refuse(name, f"is a hard link to {shown(member.linkname)}, {problem}")

@@ -190,6 +190,13 @@ def test_the_target_itself_must_be_a_directory(box: Sandbox) -> None:
     assert "member './' names the target itself but is not a directory" in message
 
 
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_the_target_must_not_become_writable_by_others(box: Sandbox, mode: int) -> None:
+    top, _ = directory("./")
+    top.mode = mode
+    assert f"member '.' would make the target writable by group or others (mode {mode:04o})" in refused(box, archive((top, b"")))
+
+
 # Hard links.
 
 
