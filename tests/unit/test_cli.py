@@ -184,7 +184,8 @@ def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monke
 @pytest.mark.parametrize(
     ("line", "message"),
     [('memory = "lots"', "'memory' must be a whole number"), ("hostname = 3", "'hostname' must be a string"),
-     ("refresh_keyring = 1", "'refresh_keyring' must be true or false"), ("force = true", "unknown key(s)"),
+     ("refresh_keyring = 1", "'refresh_keyring' must be true or false"),
+     ("force = true", "'force' is taken only from the command line"),
      ('accel = "hvf"', "'accel' must be one of auto, kvm, tcg")],
 )  # fmt: skip
 def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path: Path) -> None:

@@ -90,3 +90,33 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_file(broken)
     with pytest.raises(UsageError, match="cannot read"):
         load_file(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("line", "flag"),
+    [('log = "~/.bashrc"', "--log FILE"), ('package_cache = "~"', "--package-cache DIR"), ("force = true", "--force"),
+     ('password_hash = "$6$x$y"', "")],
+)  # fmt: skip
+def test_keys_a_config_file_may_not_set_are_refused_naming_the_flag(tmp_path: Path, line: str, flag: str) -> None:
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    with pytest.raises(UsageError) as caught:
+        load_file(box)
+    key = line.split(" ", maxsplit=1)[0]
+    assert caught.value.message.startswith(f"config key {key!r} is taken only from the command line: a config file may not")
+    safe = "set PROVISION_ARCH_PASSWORD_HASH or use --password-file FILE"
+    assert caught.value.hint == (f"pass {flag} on the command line" if flag else safe)
+
+
+@pytest.mark.parametrize(
+    ("line", "flag"),
+    [('iso = "/etc/passwd"', "--iso PATH"), ('password_file = "/proc/self/environ"', "--password-file FILE"),
+     ('trusted_keys = ["../attacker.asc"]', "--trusted-key FILE"), ('iso = "~/Downloads/arch.iso"', "--iso PATH")],
+)  # fmt: skip
+def test_host_paths_in_a_config_file_stay_in_its_directory(tmp_path: Path, line: str, flag: str) -> None:
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    with pytest.raises(UsageError) as caught:
+        load_file(box)
+    assert caught.value.message.startswith(f"config key {line.split(' ', maxsplit=1)[0]}: ")
+    assert caught.value.hint.endswith(f"put the file below {tmp_path}, or pass {flag} on the command line")
