@@ -37,6 +37,7 @@ device nodes, which are extracted only as root.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -56,6 +57,10 @@ from provisioner.run import NotFound
 # repeated here so this module stands alone): numeric owners, ACLs, and all xattrs (without
 # --xattrs-include it restores only user.*, losing file capabilities in security.capability).
 TAR_KEEP = ("--numeric-owner", "--acls", "--xattrs", "--xattrs-include=*")
+# Directories get their modes and times once their contents are in. Time stamp warnings (a
+# file dated in the future, which a guest clock a second ahead of the host's produces) are the
+# one kind of warning that does not fail the unpack: nothing is lost or misplaced by them.
+EXTRACT = ("--delay-directory-restore", "--warning=no-timestamp")
 USERNS = ("unshare", "--map-auto", "--map-root-user")
 TAR_TIMEOUT = 3600.0
 HINT = "the guest sent an archive the host will not unpack; nothing was written into the target"
@@ -135,6 +140,31 @@ def scan(handle: BinaryIO, *, as_root: bool, limit: int) -> Summary:
     return check_members(members, as_root=as_root, limit=limit)
 
 
+class Clamped(io.RawIOBase):
+    """``handle`` for tarfile, whose reads never ask for more than the file holds: a pax header
+    claiming to be 64 GiB long would otherwise have tarfile allocate that much before reading."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        super().__init__()
+        self.handle, self.size = handle, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(0, self.size - self.handle.tell())
+        return self.handle.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
 def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
     """Every member tarfile reads in ``handle``, which must end with tar's end-of-archive blocks."""
     size = os.fstat(handle.fileno()).st_size
@@ -143,7 +173,7 @@ def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
     handle.seek(0)
     members: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(fileobj=handle, mode="r:", encoding="utf-8", errors="surrogateescape") as archive:
+        with tarfile.open(fileobj=Clamped(handle, size), mode="r:", encoding="utf-8", errors="surrogateescape") as archive:
             while (member := archive.next()) is not None:
                 members.append(member)
                 if archive.pax_headers:
@@ -151,7 +181,7 @@ def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
             end = archive.offset
     except UnpackError:
         raise
-    except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError) as exc:
+    except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError, MemoryError) as exc:
         raise truncated(str(exc) or type(exc).__name__) from exc
     except OSError as exc:  # tarfile seeking to where a corrupt header (a negative size) points
         raise truncated(f"{exc.strerror or exc} while reading it") from exc
@@ -263,21 +293,37 @@ def agree(members: Sequence[tarfile.TarInfo], listing: str) -> None:
 def unpack(archive: Path, target: Path, *, as_root: bool, limit: int) -> Summary:
     """Check ``archive`` (``scan``, then GNU tar's own listing) and extract it into ``target``, an empty directory.
 
+    ``archive`` is opened once, without following a link, and must be a regular file; see
+    ``unpack_from`` for the rest.
+    """
+    try:
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnpackError(f"cannot open the stream {archive}: {exc.strerror or exc}", "it must be a regular file") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnpackError(f"the stream {archive} is not a regular file", "it must be a regular file only the host writes")
+    with os.fdopen(fd, "rb") as handle:
+        return unpack_from(handle, target, as_root=as_root, limit=limit)
+
+
+def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int) -> Summary:
+    """``unpack`` from an open handle of the archive (a regular file), e.g. the one its hash was read from.
+
     ``as_root`` extracts as the calling root; otherwise inside ``unshare --map-auto
     --map-root-user``. Raises UnpackError, having written nothing, when the archive is refused
     or the target is not an empty directory; on a failure of tar itself the target may hold
     part of the tree (the message says so).
     """
-    with archive.open("rb") as handle:
-        members = read_members(handle, limit=limit)
-        summary = check_members(members, as_root=as_root, limit=limit)
-        listing = tar(["-t", "-v", *TAR_KEEP, "--quoting-style=escape", "-f", "-"], handle, None, userns=False)
-        agree(members, listing)
-        directory = open_target(target)
-        try:
-            tar(["-x", "-p", *TAR_KEEP, "--delay-directory-restore", "-f", "-"], handle, directory, userns=not as_root)
-        finally:
-            os.close(directory)
+    members = read_members(handle, limit=limit)
+    summary = check_members(members, as_root=as_root, limit=limit)
+    listing = tar(["-t", "-v", *TAR_KEEP, "--quoting-style=escape", "-f", "-"], handle, None, userns=False)
+    agree(members, listing)
+    directory = open_target(target)
+    try:
+        tar(["-x", "-p", *TAR_KEEP, *EXTRACT, "-f", "-"], handle, directory, userns=not as_root)
+    finally:
+        os.close(directory)
     return summary
 
 

@@ -70,6 +70,7 @@ class Run:
         self.tried = 0
         self.accepted = 0
         self.refused: collections.Counter[str] = collections.Counter()
+        self.failing: bytes | None = None
 
     def feed(self, stream: bytes) -> None:
         box = self.sandbox
@@ -278,7 +279,11 @@ def main(argv: list[str]) -> int:
         )  # fmt: skip
         @given(st.one_of(built(), mutated(run.seeds)))
         def fuzz(stream: bytes) -> None:
-            run.feed(stream)
+            try:
+                run.feed(stream)
+            except BaseException:
+                run.failing = stream  # the last one is the input hypothesis shrank to
+                raise
             if run.tried % 1000 == 0:
                 print(f"  {run.tried} inputs, {sum(run.refused.values())} refused, {run.accepted} accepted, "
                       f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
@@ -287,6 +292,10 @@ def main(argv: list[str]) -> int:
             fuzz()
         except Exception as exc:
             print(run.report(started))
+            if run.failing is not None:
+                saved = Path(tempfile.gettempdir()) / "fuzz-unpack-failure.tar"
+                saved.write_bytes(run.failing)
+                print(f"the failing input ({len(run.failing)} bytes) is in {saved}")
             failures = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
             for failure in failures:
                 where = traceback.extract_tb(failure.__traceback__)[-1]
