@@ -23,7 +23,9 @@ Only then does GNU tar extract, reading that same handle (rewound) on its stdin,
 working directory set to a descriptor of the target opened with ``O_NOFOLLOW`` (checked to
 be an empty directory), so no path is resolved twice. The target must be empty: there is no
 link in it the archive did not make, and every link the archive makes is already known not
-to be passed through. Any output on tar's stderr (a lost xattr, say) fails like a bad status.
+to be passed through. Any output on tar's stderr (a lost xattr, say) fails like a bad status,
+except time stamp warnings (``EXTRACT``). The archive itself is opened once, without
+following a link, and must be a regular file; tarfile never reads past its end (``Clamped``).
 When not root it runs under ``unshare --map-auto --map-root-user``, so the guest's owners
 land in the user's subordinate ids as they would on the 9p path.
 
