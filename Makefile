@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup deps test-deps run demo test test-fast lint standin bench clean
+.PHONY: setup deps test-deps run demo test test-fast lint standin bench fuzz clean
 
 TARGET ?= ./base
 ISO ?=
@@ -49,7 +49,7 @@ $(BIN)/provision-arch: pyproject.toml
 # Everything, on a fresh Debian 12 as root: installs the Debian packages, the venv, then runs
 # unit, orchestration (fake QEMU), console (real local shells) and vm (real QEMU on the stand-in).
 test: test-deps setup
-	$(BIN)/pytest -v
+	$(BIN)/pytest -v --hypothesis-profile=ci
 
 # No VM, no root: a minute.
 test-fast: setup
@@ -77,6 +77,10 @@ standin: setup
 
 bench: setup
 	$(BIN)/python -m tests.bench
+
+# Feed 100,000 generated and mutated tar streams to the stream extractor in a sandbox (not part of make test).
+fuzz: setup
+	$(BIN)/python -m tests.fuzz_unpack 100000
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

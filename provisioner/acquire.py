@@ -3,6 +3,12 @@
 Trust comes from the OpenPGP signature alone (see ``trust``): ``sha256sums.txt`` comes from
 the same mirror as the ISO, so it only catches corruption, never a hostile mirror.
 
+A name is bound to the signed bytes, not to what the mirror calls them: the release is the
+one the ISO's own label and UUID carry (``iso.Release``), a pinned ``--iso-version`` that
+gets another release is refused (exit 8), and the cache files an ISO under its real release,
+so an old signed ISO served as ``latest`` or listed as ``archlinux-2099.01.01`` is neither
+taken for that release nor later preferred as the newest.
+
 Downloads go to ``<name>.part``, are checked, and only then renamed into the cache: a file
 without the ``.verified`` sidecar beside it was never accepted. A ``.part`` left by an
 interrupted run is resumed (see ``download``).
@@ -23,17 +29,19 @@ from pathlib import Path
 from provisioner.download import FetchError, download, get_small, size_text
 from provisioner.errors import IsoError, UsageError, VerifyError
 from provisioner.events import Bus
+from provisioner.iso import read_release
 from provisioner.trust import Keyring, load_keyring, verify_signature
 
 DEFAULT_MIRROR = "https://geo.mirror.pkgbuild.com"
 ARCHIVE = "https://archive.archlinux.org"
 HINT = "check --iso-mirror and the network, or download the ISO yourself and pass --iso PATH"
 
-VERSION_RE = re.compile(r"^\d{4}\.\d{2}\.\d{2}$")
+# Every pattern here is ASCII-only ([0-9], re.ASCII): \d would also take other scripts' digits.
+VERSION_RE = re.compile(r"^[0-9]{4}\.[0-9]{2}\.[0-9]{2}$")
 # The name comes from the mirror's sha256sums.txt and becomes a path in the cache: only this
 # exact shape is accepted, so a hostile listing cannot name '../../x'.
-ISO_NAME_RE = re.compile(r"^archlinux-(\d{4}\.\d{2}\.\d{2})-x86_64\.iso$")
-SUMS_LINE_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$")
+ISO_NAME_RE = re.compile(r"^archlinux-([0-9]{4}\.[0-9]{2}\.[0-9]{2})-x86_64\.iso$")
+SUMS_LINE_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,29 @@ def parse_sums(text: str, version: str | None) -> tuple[str, str]:
         raise IsoError("sha256sums.txt lists no archlinux-YYYY.MM.DD-x86_64.iso", HINT)
     name = max(listed)
     return name, listed[name]
+
+
+def named_version(name: str) -> str | None:
+    """The release an ISO's file name claims (archlinux-YYYY.MM.DD-x86_64.iso), or None."""
+    match = ISO_NAME_RE.fullmatch(name)
+    return match[1] if match else None
+
+
+def bind(iso: Path, wanted: str | None, shown: str) -> str:
+    """The release the ISO's own label and UUID carry; a VerifyError when it is not ``wanted``."""
+    release = read_release(iso)
+    if release.version is None:
+        raise VerifyError(
+            f"{shown}: label {release.label!r} and UUID {release.uuid} name no release day; cannot tell which release it is",
+            "give an Arch ISO from 2020 or later (its /boot/*.uuid dates it), with --iso if you trust it",
+        )
+    if wanted is not None and release.version != wanted:
+        raise VerifyError(
+            f"{shown} is release {release.version} (UUID {release.uuid}), not {wanted}",
+            "the mirror or the file name offers another release under that name; try another --iso-mirror, "
+            "or rename the file to the release it is",
+        )
+    return release.version
 
 
 def _release(source: IsoSource, events: Bus) -> tuple[str, bytes]:
@@ -132,7 +163,10 @@ def _sha256(path: Path) -> str:
 
 def _mark_verified(iso: Path, sha256: str, keyring: Keyring) -> None:
     stat = iso.stat()
-    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keyring": keyring.digest}
+    record = {
+        "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keyring": keyring.digest,
+        "version": named_version(iso.name),  # bound to the bytes before the ISO got that name
+    }  # fmt: skip
     marker = _sidecars(iso)[1]
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(record) + "\n")
@@ -145,11 +179,12 @@ def _forget(iso: Path) -> None:
 
 
 def _still_verified(iso: Path, keyring: Keyring, expect: str | None) -> bool:
-    """Whether the sidecar vouches for ``iso`` as it is now, under today's keys.
+    """Whether the sidecar vouches for ``iso`` as it is now, under today's keys and its name.
 
     Size and mtime stand in for the content, so an unchanged ISO is not read again. The
     keyring digest makes any change to the trusted keys (a key dropped or added) send the
-    ISO back to gpgv rather than trust a verdict reached with other keys.
+    ISO back to gpgv rather than trust a verdict reached with other keys; the version, a
+    file renamed (or a sidecar from before names were bound) back to the label and UUID.
     """
     try:
         record = json.loads(_sidecars(iso)[1].read_text())
@@ -158,6 +193,7 @@ def _still_verified(iso: Path, keyring: Keyring, expect: str | None) -> bool:
             record["size"] == stat.st_size
             and record["mtime_ns"] == stat.st_mtime_ns
             and record["keyring"] == keyring.digest
+            and record.get("version") == named_version(iso.name)
             and (expect is None or record["sha256"] == expect.lower())
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -181,7 +217,8 @@ def _cached(iso: Path, keyring: Keyring, events: Bus, expect: str | None = None)
             if expect is not None and digest != expect.lower():
                 raise VerifyError(f"{iso.name}: sha256 does not match sha256sums.txt")
             verify_signature(iso, sig, keyring, iso.name)
-    except VerifyError as exc:
+            bind(iso, named_version(iso.name), iso.name)
+    except (VerifyError, IsoError) as exc:
         events.note(f"cached {iso.name} removed: {exc.message}")
         _forget(iso)
         return False
@@ -252,6 +289,15 @@ def obtain_iso(source: IsoSource, cache_dir: Path, events: Bus) -> Path:
                 part.unlink(missing_ok=True)
                 sig.unlink(missing_ok=True)
                 raise
+            try:
+                version = bind(part, source.version, name)
+            except (VerifyError, IsoError):
+                part.unlink(missing_ok=True)  # signed, but not what was asked for: not kept
+                sig.unlink(missing_ok=True)
+                raise
+            if version != named_version(name):
+                events.note(f"{name} from {base} is release {version}; cached as {iso_name(version)}")
+            iso = cache_dir / iso_name(version)
             sig.replace(_sidecars(iso)[0])
             part.replace(iso)
             _mark_verified(iso, digest, keyring)
@@ -259,7 +305,12 @@ def obtain_iso(source: IsoSource, cache_dir: Path, events: Bus) -> Path:
 
 
 def check_given_iso(iso: Path, trusted_keys: tuple[Path, ...], events: Bus) -> None:
-    """The user's own ISO: verified when ``<iso>.sig`` lies beside it, else used with a warning."""
+    """The user's own ISO: verified when ``<iso>.sig`` lies beside it, else used with a warning.
+
+    A file named for a release (archlinux-YYYY.MM.DD-x86_64.iso) must be that release.
+    """
+    if (claimed := named_version(iso.name)) is not None and iso.is_file():
+        bind(iso, claimed, str(iso))
     sig = iso.with_name(iso.name + ".sig")
     if not sig.is_file():
         events.note(f"{iso.name} is not verified (no {sig.name} beside it); use it only if you trust where it came from")

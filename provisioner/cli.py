@@ -40,6 +40,7 @@ from provisioner.config import (
     load_file,
     merge,
     option_table,
+    secret_in_argv,
     split_packages,
 )
 from provisioner.display import Display
@@ -208,6 +209,7 @@ def from_the_manifest(expected: Manifest, given: dict[str, Any]) -> dict[str, An
 @app.command(epilog=EPILOG, context_settings=CONTEXT)
 @_with_options
 def install(
+    ctx: typer.Context,
     target: Annotated[Path, typer.Argument(help="Directory to install into (created if missing; must be empty unless --force).")],
     *,
     config: Annotated[
@@ -230,6 +232,10 @@ def install(
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     with reporting("install", target, json=json, verbose=verbose) as events:
+        for row in option_table():
+            source = ctx.get_parameter_source(row.name) if row.option.secret else None
+            if source is not None and source.name == "COMMANDLINE":  # not from its environment variable
+                events.note(secret_in_argv(row))
         given = _option_values(options)
         values = merge(given, load_file(config) if config else {})
         expected = load_manifest(from_manifest) if from_manifest else None

@@ -19,7 +19,6 @@ Some keys are tables only a config file can hold (``[[users]]``, ``[[files]]``):
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tomllib
 import typing
@@ -37,7 +36,11 @@ from provisioner.users import User, check_users, parse_users
 
 DEFAULT_PACKAGES = ("base", "base-devel", "linux", "vim", "man-db", "man-pages")
 
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
+# ASCII only, every pattern: \d takes any script's digits (20٢٤-01-01), and re.I lets [a-z]
+# match the Kelvin sign and the dotless i; [0-9] and re.ASCII do not.
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.IGNORECASE | re.ASCII
+)
 # ll_CC.CHARSET with an optional @modifier, as the names in Arch's /etc/locale.gen.
 LOCALE_RE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?\.(?P<charset>[A-Za-z0-9-]+)(@[a-z]+)?$")
 TIMEZONE_RE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
@@ -46,7 +49,7 @@ KEYMAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PACKAGE_RE = re.compile(r"^[a-z0-9@_+][a-z0-9@._+-]{0,126}$")
 # The mirror goes on the kernel command line (mirror=…): no spaces, quotes or shell syntax.
 MIRROR_RE = re.compile(r"^(https?|ftp|file)://[A-Za-z0-9._~:/%@+-]+$")
-SNAPSHOT_RE = re.compile(r"^20\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+SNAPSHOT_RE = re.compile(r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 
 
 class Accel(StrEnum):
@@ -76,12 +79,17 @@ class Option:
     metavar: str | None = None
     envvar: str | None = None
     in_file: bool = True  # a config-file key (the field name)
+    not_in_file: str = ""  # why a config file may not set it: said when one tries
     in_cli: bool = True  # a command-line flag; False for tables only a config file can hold
     split: bool = False  # list values may also be given as "a b,c"
     in_manifest: bool = False  # defines the box: recorded in the manifest, compared on resume
     default_text: str = ""  # what the default means, where the value alone would not say
     # Reads a structured config-file value: (TOML value, config file's directory, key) -> field value.
     parse: Callable[[Any, Path, str], Any] | None = None
+    # A secret: as a flag it sits in provision-arch's own argv. The run warns and names the safe
+    # ways: the envvar, and these other options (by field name).
+    secret: bool = False
+    instead: tuple[str, ...] = ()
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
@@ -157,8 +165,9 @@ class Config:
         True, "Share a package cache with the guest, so that a second build downloads nothing it already has."
     )
     package_cache: Path | None = option(
-        None, "The package cache directory.", metavar="DIR", default_text="$XDG_CACHE_HOME/provision-arch/pkg"
-    )
+        None, "The package cache directory.", metavar="DIR", default_text="$XDG_CACHE_HOME/provision-arch/pkg",
+        in_file=False, not_in_file="a config file may not choose a host directory that the guest can write",
+    )  # fmt: skip
     memory: int = option(2048, "Guest memory in MiB.", metavar="MIB")
     cpus: int = option(2, "Guest CPUs.", metavar="N")
     accel: Accel = option(
@@ -174,9 +183,13 @@ class Config:
     refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")
     timeout_scale: float = option(1.0, "Multiply every timeout (slow machines, big package sets).", metavar="X")
     log: Path | None = option(
-        None, "Console transcript file.", metavar="FILE", default_text="TARGET/.provision-arch/console.log"
-    )
-    force: bool = option(False, "Install into a non-empty target directory.", in_file=False)
+        None, "Console transcript file.", metavar="FILE", default_text="TARGET/.provision-arch/console.log",
+        in_file=False, not_in_file="a config file may not choose a host file that the guest's output is written to",
+    )  # fmt: skip
+    force: bool = option(
+        False, "Install into a non-empty target directory.",
+        in_file=False, not_in_file="a config file may not make provision-arch write over a directory's contents",
+    )  # fmt: skip
     password_file: Path | None = option(
         None,
         "File whose first line is the root password (hashed on the host, never sent).",
@@ -193,6 +206,9 @@ class Config:
                 metavar="HASH",
                 envvar="PROVISION_ARCH_PASSWORD_HASH",
                 in_file=False,
+                not_in_file="a config file may not hold the root password's hash (it is shared and kept)",
+                secret=True,
+                instead=("password_file",),
             )
         },
     )
@@ -330,6 +346,22 @@ def box_record(cfg: Config) -> dict[str, Any]:
     }
 
 
+def safe_ways(row: OptionField) -> str:
+    """How to give a secret option safely: its environment variable, or the options it names instead."""
+    rows = {other.name: other for other in option_table()}
+    ways = [f"set {row.option.envvar}"] if row.option.envvar else []
+    ways += [f"use {rows[name].flags[0]} {rows[name].option.metavar}" for name in row.option.instead]
+    return " or ".join(ways)
+
+
+def secret_in_argv(row: OptionField) -> str:
+    """The warning for a secret option given as a flag: where it shows, and the safe ways to give it."""
+    return (
+        f"{row.flags[0]} puts its value in provision-arch's command line, which other users of this host can read "
+        f"(/proc/PID/cmdline) and your shell may keep in its history; {safe_ways(row)} instead"
+    )
+
+
 def config_keys() -> frozenset[str]:
     return frozenset(row.name for row in option_table() if row.option.in_file)
 
@@ -353,7 +385,9 @@ def _from_file(row: OptionField, value: Any, base: Path) -> Any:
         if kind is Path:
             if not isinstance(item, str):
                 raise wrong("a path string")
-            return base / os.path.expanduser(item)  # relative to the config file
+            # Inside the config file's directory, as every host path of a config (validate.host_path).
+            flag = f"{row.flags[0]} {row.option.metavar}"
+            return validate.host_path(item, base, row.name, f", or pass {flag} on the command line")
         if kind is bool:
             if not isinstance(item, bool):
                 raise wrong("true or false")
@@ -391,10 +425,15 @@ def load_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}", "see README 'Config file'") from exc
     keys = config_keys()
+    rows = {row.name: row for row in option_table()}
+    for key in sorted(set(data) & set(rows) - keys):
+        row = rows[key]
+        flag = " ".join(filter(None, (row.flags[0], row.option.metavar)))
+        hint = safe_ways(row) if row.option.secret else f"pass {flag} on the command line"
+        raise UsageError(f"config key {key!r} is taken only from the command line: {row.option.not_in_file}", hint)
     unknown = sorted(set(data) - keys)
     if unknown:
         raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}", f"known keys: {', '.join(sorted(keys))}")
-    rows = {row.name: row for row in option_table()}
     return {key: _from_file(rows[key], value, path.parent) for key, value in data.items()}
 
 

@@ -3,10 +3,17 @@
 On a terminal each step shows a spinner, its elapsed time and the guest's latest console
 line, and a download shows a progress bar; elsewhere (CI logs) one plain line when a step
 starts, one when it ends, and a download line every 10 %. Everything goes to stderr.
+
+Event text can carry the guest's output (an error's details are the console's last lines),
+and the guest is not trusted: every text is drawn through ``shown()``, which removes terminal
+escape sequences and replaces every other control character, so an OSC 52 clipboard write, a
+title change or a screen clear from the box never reaches the user's terminal. ``--json``
+needs no such step: ``json.dumps`` escapes the controls (``jsonlines``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich import progress as rich_progress
@@ -19,6 +26,7 @@ from rich.text import Text
 
 from provisioner.download import size_text
 from provisioner.events import (
+    CONTROL_RE,
     Checked,
     ConsoleLine,
     Download,
@@ -30,6 +38,25 @@ from provisioner.events import (
     StepSkipped,
     StepStarted,
 )
+
+# A whole escape sequence goes, so that its printable tail ('[31m', ']52;c;…') does not show:
+# CSI (ESC [ or the 8-bit CSI) with its parameters; OSC, DCS, SOS, PM and APC strings up to
+# their terminator (BEL, ST, or the end of the line when it was cut); any other two-byte ESC.
+ESCAPE_RE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -~]?"
+)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without escape sequences; any other control character becomes U+FFFD."""
+    return CONTROL_RE.sub("\ufffd", ESCAPE_RE.sub("", text.replace("\r\n", "\n")))
+
+
+def shown(text: str) -> str:
+    """Event text as Rich markup that draws exactly that text, and nothing a terminal acts on."""
+    return escape(terminal_safe(text))
 
 
 class Display:
@@ -60,7 +87,7 @@ class Display:
             case Download():
                 self._download(event)
             case Note(message=message):
-                self.console.print(f"[yellow]![/] {escape(message)}")
+                self.console.print(f"[yellow]![/] {shown(message)}")
             case Checked():
                 self._checked(event)
             case Error():
@@ -68,7 +95,7 @@ class Display:
             case Result():
                 if self.finished:
                     self.console.print(self.table(event.seconds))
-                self.console.print(f"[green]{escape(event.message)}[/]")
+                self.console.print(f"[green]{shown(event.message)}[/]")
 
     def _step(self, event: StepStarted | StepFinished | StepSkipped) -> None:
         if isinstance(event, StepStarted):
@@ -77,31 +104,31 @@ class Display:
                 self._live = Live(self, console=self.console, transient=True, refresh_per_second=4)
                 self._live.start()
             else:
-                self.console.print(f"==> {escape(event.title)} …")
+                self.console.print(f"==> {shown(event.title)} …")
             return
         self._stop()
         self.finished.append(event)
         if isinstance(event, StepSkipped):
-            self.console.print(f"[dim]- {escape(event.title)} (skipped)[/]")
+            self.console.print(f"[dim]- {shown(event.title)} (skipped)[/]")
         else:
             mark = "[green]✓[/]" if event.status == "ok" else "[red]✗[/]"
-            self.console.print(f"{mark} {escape(event.title)} [dim]({event.seconds:.1f} s)[/]")
+            self.console.print(f"{mark} {shown(event.title)} [dim]({event.seconds:.1f} s)[/]")
 
     def _checked(self, event: Checked) -> None:
         """One line per check: ✓ what, or the problem and the command that fixes it."""
         if event.status == "ok":
-            self.console.print(f"[green]✓[/] {escape(event.title)}")
+            self.console.print(f"[green]✓[/] {shown(event.title)}")
             return
         mark = "[red]✗[/]" if event.status == "fail" else "[yellow]![/]"
-        self.console.print(f"{mark} {escape(event.title)}: {escape(event.message)} [bold]fix:[/] {escape(event.hint)}")
+        self.console.print(f"{mark} {shown(event.title)}: {shown(event.message)} [bold]fix:[/] {shown(event.hint)}")
 
     def _error(self, event: Error) -> None:
         self._stop()
-        self.console.print(f"[red]error:[/] {escape(event.message)}")
+        self.console.print(f"[red]error:[/] {shown(event.message)}")
         if event.details:
-            self.console.print(escape(event.details), style="dim")
+            self.console.print(shown(event.details), style="dim")
         if event.hint:
-            self.console.print(f"  [bold]hint:[/] {escape(event.hint)}")
+            self.console.print(f"  [bold]hint:[/] {shown(event.hint)}")
 
     def _stop(self) -> None:
         for running in (self._live, self._bar):
@@ -111,7 +138,7 @@ class Display:
 
     def _line(self, text: str) -> None:
         """A line of guest console output: shown live, or printed in verbose mode."""
-        text = "".join(ch for ch in text if ch.isprintable()).strip()
+        text = "".join(ch for ch in terminal_safe(text) if ch.isprintable()).strip()
         if not text:
             return
         self._last_line = text
@@ -134,7 +161,7 @@ class Display:
                     transient=True,
                 )
                 self._bar.start()
-                self._bar.add_task(f"Downloading {escape(event.name)}", total=event.total)
+                self._bar.add_task(f"Downloading {shown(event.name)}", total=event.total)
             self._bar.update(self._bar.task_ids[0], completed=event.done, total=event.total)
         elif event.total:
             tenth = event.done * 10 // event.total

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -26,6 +27,8 @@ TIMEOUT = 30.0
 RETRY_DELAYS: tuple[float, ...] = (1.0, 3.0, 10.0)
 CHUNK = 1 << 20
 SMALL_LIMIT = 1 << 20  # checksum lists and signatures are a few KiB; anything bigger is not them
+# ASCII digits only: str.isdigit() also takes '²' (a latin-1 header byte), which int() then refuses.
+CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 
 
 class FetchError(Exception):
@@ -98,6 +101,11 @@ def download(url: str, part: Path, events: Bus) -> str:
     raise AssertionError("unreachable")
 
 
+def content_length(header: str | None) -> int | None:
+    """A Content-Length header's value, or None when it is missing or not a plain ASCII number."""
+    return int(header) if header and CONTENT_LENGTH_RE.fullmatch(header) else None
+
+
 def _request_rest(url: str, part: Path, events: Bus) -> tuple[http.client.HTTPResponse | None, int, int | None]:
     """Ask for what ``part`` lacks: (response or None when nothing is missing, bytes kept, total size)."""
     have = part.stat().st_size if part.exists() else 0
@@ -113,7 +121,8 @@ def _request_rest(url: str, part: Path, events: Bus) -> tuple[http.client.HTTPRe
     if have and response.status != 206:
         events.note(f"{url} ignored the resume request; downloading {part.name.removesuffix('.part')} from the start")
         have = 0
-    total = have + int(length) if length and length.isdigit() else None
+    size = content_length(length)
+    total = have + size if size is not None else None
     if have == 0 and total:
         free = shutil.disk_usage(part.parent).free
         if free < total:

@@ -9,11 +9,17 @@ stream on stdout (``jsonlines.py``). The JSON form of every event is ``to_json()
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+# Characters of event text that no terminal may receive raw (event text can be the guest's
+# output): C0 but newline and tab, DEL, C1, and the bidirectional overrides that make text read
+# other than it is stored. The display replaces them, --json escapes them.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ KERNEL = f"{BOOT_DIR}/vmlinuz-linux"
 INITRAMFS = f"{BOOT_DIR}/initramfs-linux.img"
 # ISOs before archiso v77 (2024.05) ship the microcode as separate images to prepend.
 MICROCODE = ("/arch/boot/intel-ucode.img", "/arch/boot/amd-ucode.img")
-UUID_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.uuid$")
-LABEL_RE = re.compile(r"^ARCH_\d{6}$")
+UUID_RE = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2}-[0-9]{2})\.uuid$")
+LABEL_RE = re.compile(r"^ARCH_[0-9]{6}$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,44 @@ class BootFiles:
         """How the archiso hook finds this ISO: by UUID when it has one, else by label."""
         search = f"archisosearchuuid={self.uuid}" if self.uuid else f"archisolabel={self.label}"
         return ["archisobasedir=arch", search]
+
+
+@dataclass(frozen=True)
+class Release:
+    """What an ISO says of itself: its volume label and the UUID archiso gave it (its build time)."""
+
+    label: str
+    uuid: str | None
+
+    @property
+    def version(self) -> str | None:
+        """The release, YYYY.MM.DD, as the UUID dates it; None unless the label names the same month."""
+        if self.uuid is None or self.label != f"ARCH_{self.uuid[:4]}{self.uuid[5:7]}":
+            return None
+        return self.uuid[:10].replace("-", ".")
+
+
+def _release(cd: pycdlib.PyCdlib) -> Release:
+    uuids = [m[1] for name in _names(cd, "/boot") if (m := UUID_RE.match(name))]
+    return Release(cd.pvd.volume_identifier.decode(errors="replace").strip(), uuids[0] if uuids else None)
+
+
+def _open(iso: Path) -> pycdlib.PyCdlib:
+    cd = pycdlib.PyCdlib()
+    try:
+        cd.open(str(iso))
+    except (OSError, PyCdlibException) as exc:
+        raise IsoError(f"cannot read {iso} as an ISO 9660 image: {exc}", "give the Arch ISO with --iso") from exc
+    return cd
+
+
+def read_release(iso: Path) -> Release:
+    """The label and UUID of ``iso`` (its header only)."""
+    cd = _open(iso)
+    try:
+        return _release(cd)
+    finally:
+        cd.close()
 
 
 def cache_key(iso: Path) -> str:
@@ -76,17 +114,13 @@ def _extract(cd: pycdlib.PyCdlib, rr_path: str, dest: Path) -> bool:
 
 def read_boot_files(iso: Path, cache_dir: Path) -> BootFiles:
     """Open the ISO, check it looks like Arch's, and return its cached boot files."""
-    cd = pycdlib.PyCdlib()
+    cd = _open(iso)
     try:
-        cd.open(str(iso))
-    except (OSError, PyCdlibException) as exc:
-        raise IsoError(f"cannot read {iso} as an ISO 9660 image: {exc}", "give the Arch ISO with --iso") from exc
-    try:
-        label = cd.pvd.volume_identifier.decode().strip()
         if not cd.has_rock_ridge():
             raise IsoError(f"{iso} has no Rock Ridge names; it is not an archiso image", "give the official Arch ISO with --iso")
-        uuids = [m[1] for name in _names(cd, "/boot") if (m := UUID_RE.match(name))]
-        if not LABEL_RE.match(label) and not uuids:
+        release = _release(cd)
+        label = release.label
+        if not LABEL_RE.match(label) and release.uuid is None:
             raise IsoError(
                 f"{iso} is not an Arch ISO (volume label {label!r}, no /boot/*.uuid)", "give the official Arch ISO with --iso"
             )
@@ -94,7 +128,7 @@ def read_boot_files(iso: Path, cache_dir: Path) -> BootFiles:
         kernel, initrd = dest / "vmlinuz-linux", dest / "initramfs-linux.img"
         if not (kernel.is_file() and initrd.is_file()):
             _fill_cache(cd, iso, dest)
-        return BootFiles(label=label, uuid=uuids[0] if uuids else None, kernel=kernel, initrd=initrd)
+        return BootFiles(label=label, uuid=release.uuid, kernel=kernel, initrd=initrd)
     finally:
         cd.close()
 

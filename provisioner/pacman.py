@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from shlex import quote as q
 
-VERSION_RE = re.compile(r"Pacman v(\d+)\.(\d+)(?:\.(\d+))?")
+VERSION_RE = re.compile(r"Pacman v([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
 
 
 def parse_version(output: str) -> tuple[int, int, int] | None:

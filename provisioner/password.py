@@ -17,7 +17,7 @@ from provisioner.errors import UsageError
 # SHA-512 ($6$), SHA-256 ($5$) and yescrypt ($y$): what Arch's PAM and chpasswd -e accept.
 # The character set also rules out ':' and newlines, which would break chpasswd's input.
 HASH_RE = re.compile(
-    r"^\$(6|5)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}$|^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$"
+    r"^\$(6|5)\$(rounds=[0-9]+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}$|^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$"
 )
 
 # crypt(3)'s default round count: what `openssl passwd -6` and shadow's chpasswd produce.

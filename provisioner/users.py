@@ -2,7 +2,10 @@
 
 A user has a name, supplementary groups, an optional login shell, an optional password
 *hash* (none: the account is locked, as useradd leaves it) and SSH public keys, given as
-strings and/or as files relative to the config file. ``sudo = true`` gives them a
+strings and/or as files: inside the config file's directory, as every host path of a config
+(``validate.host_path``), or the user's own public keys, ``~/.ssh/NAME.pub``. Only lines that
+are SSH public keys pass, and a line that is not one is never shown, so a config cannot read
+anything else of the host through this key. ``sudo = true`` gives them a
 ``/etc/sudoers.d/<name>`` file: ``NOPASSWD`` when the account has no password (sudo could
 never ask for one), a password-asking rule otherwise.
 
@@ -29,6 +32,7 @@ HOME = PurePosixPath("/home")
 SUDOERS_D = PurePosixPath("/etc/sudoers.d")
 PASSWORDS = PurePosixPath("/users.chpasswd")  # chpasswd -e input, staged as a secret
 AREA = "users"  # their files' subdirectory of the stage
+OWN_KEYS = "~/.ssh/"  # authorized_keys_files may also name NAME.pub directly in here
 FIELDS = ("name", "groups", "sudo", "shell", "password_hash", "authorized_keys", "authorized_keys_files")
 KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
@@ -37,7 +41,8 @@ KEY_TYPES = (
 # An authorized_keys line: [options] type base64 [comment]. Options may hold quoted spaces.
 KEY_LINE_RE = re.compile(
     r"^(?:(?P<options>\S.*?)\s+)?(?P<type>(?:" + "|".join(map(re.escape, KEY_TYPES)) + r")(?:-cert-v01@openssh\.com)?)"
-    r"\s+(?P<blob>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$"
+    r"\s+(?P<blob>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$",
+    re.ASCII,
 )
 
 
@@ -93,13 +98,16 @@ def sudoers(user: User) -> str:
     return f"# Written by provision-arch ({user.key}.sudo = true; {why}).\n{user.name} {rule}\n"
 
 
-def check_key_line(line: Any, key: str) -> str:
-    """One authorized_keys line: a known key type with a blob that decodes to that type."""
+def check_key_line(line: Any, key: str, *, echo: bool = True) -> str:
+    """One authorized_keys line: a known key type with a blob that decodes to that type.
+
+    ``echo=False`` for a line read from a file: what is not a public key is not shown.
+    """
     text = validate.string(line, key, "an SSH public key line")
     match = KEY_LINE_RE.fullmatch(text.strip())
     if validate.CONTROL_RE.search(text.replace("\t", " ")) or not match:
         hint = "a line of a .pub file, e.g. 'ssh-ed25519 AAAA… me@host'"
-        raise validate.refuse(key, f"not an SSH public key line: {text[:50]!r}", hint)
+        raise validate.refuse(key, "not an SSH public key line" + (f": {text[:50]!r}" if echo else ""), hint)
     try:
         fields = key_fields(base64.b64decode(match["blob"], validate=True))
     except (binascii.Error, ValueError):
@@ -124,13 +132,27 @@ def key_fields(blob: bytes) -> list[bytes]:
 
 def read_key_file(path: Path, key: str) -> tuple[str, ...]:
     """The key lines of an authorized_keys or .pub file; blank lines and comments are skipped."""
+    if path.exists() and not path.is_file():
+        raise validate.refuse(key, f"{path} is not a regular file", "give a .pub file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise validate.refuse(key, f"cannot read {path}: {reason}", "paths are relative to the config file") from exc
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
-    return tuple(check_key_line(line, f"{key} ({path}, line {n})") for n, line in lines if line and not line.startswith("#"))
+    return tuple(
+        check_key_line(line, f"{key} ({path}, line {n})", echo=False) for n, line in lines if line and not line.startswith("#")
+    )
+
+
+def key_file(value: Any, base: Path, key: str) -> Path:
+    """A key file of a config: inside its directory, or NAME.pub directly in ~/.ssh (links resolved inside it)."""
+    name = validate.string(value, key, "a path relative to the config file")
+    own = name.removeprefix(OWN_KEYS)
+    if name.startswith(OWN_KEYS) and own.endswith(".pub") and "/" not in own:
+        hint = f"name a public key in {OWN_KEYS} as {OWN_KEYS}NAME.pub, or put the key file beside the config file"
+        return validate.beneath(Path.home() / ".ssh", own, key, hint)
+    return validate.host_path(name, base, key, f", or name your own public key as {OWN_KEYS}NAME.pub")
 
 
 def parse_users(value: Any, base: Path, key: str) -> tuple[User, ...]:
@@ -148,7 +170,8 @@ def parse_user(table: Any, base: Path, key: str) -> User:
     shell = table.get("shell")
     keys = [check_key_line(line, f"{key}.authorized_keys[{i}]") for i, line in enumerate(strings(table, "authorized_keys", key))]
     for i, name in enumerate(strings(table, "authorized_keys_files", key)):
-        keys.extend(read_key_file(base / Path(name).expanduser(), f"{key}.authorized_keys_files[{i}]"))
+        where = f"{key}.authorized_keys_files[{i}]"
+        keys.extend(read_key_file(key_file(name, base, where), where))
     return User(
         name=validate.string(table["name"], f"{key}.name", "a user name"),
         groups=tuple(strings(table, "groups", key)),

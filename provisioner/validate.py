@@ -33,7 +33,8 @@ UNIT_RE = re.compile(r"^[A-Za-z0-9_:][A-Za-z0-9:_.@-]{0,250}$")
 # Where a file from the config must not go: kernel and runtime file systems mounted over the
 # root at boot (a file there would be hidden or meaningless), and our own state directory.
 FORBIDDEN_DIRS = ("/proc", "/sys", "/dev", "/run", "/.provision-arch")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1: no terminal or shell line should carry them.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A command travels quoted on one console line of at most 3500 characters.
 MAX_QUOTED_COMMAND = 3000
 
@@ -84,6 +85,38 @@ def user_name(value: Any, key: str) -> str:
             "pick another name (root's password is set with --password-file)",
         )
     return name
+
+
+def host_path(value: Any, base: Path, key: str, elsewhere: str = "") -> Path:
+    """A host file named in a config file: relative to the file's directory ``base`` and, with
+    every link resolved, still inside it. The resolved path is returned, so what is read later
+    is what was checked.
+
+    This is what a config file may name on the host: its own directory, nothing above it — no
+    absolute path, no ``~``, no ``..`` or link that leads out (``/proc/self/environ``,
+    ``~/.ssh/id_ed25519``). Running a colleague's config then reads no more of the host than
+    the files they shipped with it. ``elsewhere`` says in the hint how to name another file
+    (e.g. the option's flag).
+    """
+    text = string(value, key, "a path relative to the config file")
+    hint = f"a config file names host files only inside its own directory: put the file below {base}{elsewhere}"
+    return beneath(base, text, key, hint)
+
+
+def beneath(root: Path, text: str, key: str, hint: str) -> Path:
+    """``root / text`` resolved, or a refusal when ``text`` is absolute, starts with ``~`` or leads out of ``root``."""
+    if CONTROL_RE.search(text) or not text:
+        raise refuse(key, f"path {text!r} is empty or holds a control character", hint)
+    if text.startswith(("/", "~")):
+        raise refuse(key, f"{text!r} is not a path relative to {root}", hint)
+    top = root.resolve()
+    try:
+        resolved = (top / text).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise refuse(key, f"cannot resolve {text!r}: {exc}", hint) from exc
+    if not resolved.is_relative_to(top):
+        raise refuse(key, f"{text!r} leads outside {top} (to {resolved})", hint)
+    return resolved
 
 
 def guest_path(value: Any, key: str) -> PurePosixPath:

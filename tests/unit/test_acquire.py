@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,22 @@ from provisioner import acquire, download, trust
 from provisioner.acquire import IsoSource, check_given_iso, obtain_iso
 from provisioner.errors import ExitCode, HostError, IsoError, UsageError, VerifyError
 from provisioner.events import Bus, Download, Event, Note, StepFinished, StepStarted
+from tests.helpers import make_iso
 from tests.unit.fake_mirror import FakeMirror, Signer
 
 RELEASE_FPR = "3E80CA1A8B89F69CBA57D98A76A5EF9054449A5C"
 VERSION = "2024.06.01"
 NAME = f"archlinux-{VERSION}-x86_64.iso"
-ISO = os.urandom(300 * 1024)
+
+
+def arch_iso(version: str) -> bytes:
+    """A small ISO that is release ``version`` by its own label and UUID, as archiso makes them."""
+    year, month, day = version.split(".")
+    with tempfile.TemporaryDirectory() as tmp:
+        return make_iso(Path(tmp) / "a.iso", label=f"ARCH_{year}{month}", uuid=f"{year}-{month}-{day}-10-20-30-00").read_bytes()
+
+
+ISO = arch_iso(VERSION)
 
 
 def sums_for(data: bytes, name: str = NAME) -> bytes:
@@ -197,7 +208,7 @@ def test_part_left_by_an_earlier_run_is_resumed(mirror: FakeMirror, key_file: Pa
 
 def test_corrupt_part_is_dropped(mirror: FakeMirror, key_file: Path, cache: Path, events: Bus) -> None:
     cache.mkdir(parents=True)
-    (cache / f"{NAME}.part").write_bytes(b"\0" * 1000)
+    (cache / f"{NAME}.part").write_bytes(b"\xff" * 1000)  # not zeros: an ISO starts with 32 KiB of them
     with pytest.raises(VerifyError, match="sha256 does not match"):
         obtain_iso(source(mirror, key_file), cache, events)
     assert leftovers(cache) == []
@@ -463,6 +474,7 @@ def test_unreadable_trusted_key(tmp_path: Path, events: Bus) -> None:
     [
         ({"version": "2024-06-01"}, "invalid --iso-version", "e.g. 2024.06.01"),
         ({"version": "../../etc"}, "invalid --iso-version", "e.g. 2024.06.01"),
+        ({"version": "2024.0\u0666.01"}, "invalid --iso-version", "e.g. 2024.06.01"),  # an Arabic-Indic 6
         ({"mirror": "ftp://example.org"}, "invalid --iso-mirror URL", "http(s) mirror"),
         ({"mirror": "geo.mirror.pkgbuild.com"}, "invalid --iso-mirror URL", "http(s) mirror"),
         ({"archive": "file:///srv/archive"}, "invalid archive URL", "http(s) mirror"),
@@ -480,3 +492,88 @@ def test_parse_sums_picks_the_dated_iso() -> None:
     assert acquire.parse_sums(text, "2023.01.01") == ("archlinux-2023.01.01-x86_64.iso", "3" * 64)
     with pytest.raises(IsoError, match=r"does not list archlinux-2022\.01\.01"):
         acquire.parse_sums(text, "2022.01.01")
+
+
+def test_parse_sums_takes_ascii_digits_only() -> None:
+    name = "archlinux-\u0662\u0660\u0662\u0664.06.01-x86_64.iso"
+    with pytest.raises(IsoError, match=r"lists no archlinux-YYYY\.MM\.DD-x86_64\.iso"):
+        acquire.parse_sums(f"{'3' * 64}  {name}\n", None)
+
+
+@pytest.mark.parametrize(("header", "total"), [("1000", 1000), ("\u00b2", None), ("\u0663", None), ("", None), ("-1", None)])
+def test_content_length_takes_ascii_digits_only(header: str, total: int | None) -> None:
+    # A latin-1 '²' passed str.isdigit() and then broke int(): a traceback from a bad mirror.
+    assert download.content_length(header) == total
+
+
+# -- names bound to signed bytes -------------------------------------------------------------
+
+OLD = "2023.01.01"
+OLD_ISO = arch_iso(OLD)
+
+
+def serve(mirror: FakeMirror, folder: str, name: str, data: bytes, signer: Signer) -> None:
+    """``data``, signed by the release key, as ``name`` in ``folder``: a replay of an old signed ISO."""
+    mirror.files[f"/iso/{folder}/sha256sums.txt"] = sums_for(data, name)
+    mirror.files[f"/iso/{folder}/{name}"] = data
+    mirror.files[f"/iso/{folder}/{name}.sig"] = signer.sign(data)
+
+
+@pytest.mark.parametrize("listed", [NAME, "archlinux-2099.01.01-x86_64.iso"])
+def test_an_old_iso_served_as_latest_is_cached_under_its_own_release(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, *, signer: Signer, log: list[Event], listed: str
+) -> None:
+    serve(mirror, "latest", listed, OLD_ISO, signer)
+    iso = obtain_iso(source(mirror, key_file), cache, events)
+    real = f"archlinux-{OLD}-x86_64.iso"
+    assert iso == cache / real and iso.read_bytes() == OLD_ISO
+    assert leftovers(cache) == [real, f"{real}.sig", f"{real}.verified"]
+    assert f"{listed} from {mirror.url}/iso/latest/ is release {OLD}; cached as {real}" in notes(log)
+
+
+def test_a_pinned_release_served_another_is_exit_8_and_nothing_is_kept(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, signer: Signer
+) -> None:
+    serve(mirror, VERSION, NAME, OLD_ISO, signer)
+    with pytest.raises(VerifyError) as caught:
+        obtain_iso(source(mirror, key_file, VERSION), cache, events)
+    assert caught.value.exit_code == ExitCode.VERIFY and int(caught.value.exit_code) == 8
+    assert caught.value.message == f"{NAME} is release {OLD} (UUID 2023-01-01-10-20-30-00), not {VERSION}"
+    assert "\n" not in caught.value.message and "--iso-mirror" in caught.value.hint
+    assert leftovers(cache) == []
+
+
+def test_a_cached_iso_whose_name_lies_is_never_preferred(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, log: list[Event]
+) -> None:
+    good = obtain_iso(source(mirror, key_file), cache, events)
+    liar = cache / "archlinux-2099.01.01-x86_64.iso"
+    for suffix in ("", ".sig", ".verified"):  # the file and its sidecars, renamed as an older version cached them
+        shutil.copy2(f"{good}{suffix}", f"{liar}{suffix}")
+    mirror.stop()
+    assert obtain_iso(source(mirror, key_file), cache, events) == good  # the newest by its bytes, not its name
+    assert f"cached {liar.name} removed: {liar.name} is release {VERSION}" in notes(log)
+    assert not liar.exists()
+
+
+def test_a_given_iso_named_for_another_release_is_exit_8(tmp_path: Path, key_file: Path, events: Bus, good_sig: bytes) -> None:
+    liar = tmp_path / "archlinux-2099.01.01-x86_64.iso"
+    liar.write_bytes(ISO)
+    (tmp_path / f"{liar.name}.sig").write_bytes(good_sig)
+    with pytest.raises(VerifyError, match=rf"^{liar} is release {VERSION} \(UUID .*\), not 2099\.01\.01$") as caught:
+        check_given_iso(liar, (key_file,), events)
+    assert caught.value.exit_code == ExitCode.VERIFY
+    honest = tmp_path / NAME
+    honest.write_bytes(ISO)
+    (tmp_path / f"{NAME}.sig").write_bytes(good_sig)
+    check_given_iso(honest, (key_file,), events)
+
+
+def test_an_iso_without_a_release_day_is_not_cached(
+    mirror: FakeMirror, key_file: Path, cache: Path, events: Bus, *, signer: Signer, tmp_path: Path
+) -> None:
+    undated = make_iso(tmp_path / "u.iso", label="ARCH_202406", uuid=None).read_bytes()
+    serve(mirror, "latest", NAME, undated, signer)
+    with pytest.raises(VerifyError, match="name no release day"):
+        obtain_iso(source(mirror, key_file), cache, events)
+    assert leftovers(cache) == []

@@ -122,6 +122,25 @@ def test_non_empty_target_needs_force(tmp_path: Path) -> None:
     assert (target / "keep.txt").read_text() == "user data"
 
 
+HASH = "$6$abc$" + "A" * 86
+
+
+def test_a_hash_on_the_command_line_is_warned_about_with_the_safe_ways(tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso"), "--password-hash", HASH])
+    assert result.exit_code == ExitCode.HOST, result.output  # it still works: scripts that pass it are not broken
+    warning = " ".join(result.output.split())
+    assert "--password-hash puts its value in provision-arch's command line" in warning
+    assert "set PROVISION_ARCH_PASSWORD_HASH or use --password-file FILE instead" in warning
+    assert HASH not in result.output
+
+
+def test_a_hash_from_the_environment_is_not_warned_about(tmp_path: Path) -> None:
+    env = {"PROVISION_ARCH_PASSWORD_HASH": HASH}
+    result = runner.invoke(app, [str(tmp_path / "b"), "--iso", str(tmp_path / "none.iso")], env=env)
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "command line" not in result.output
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("provision-arch ")
@@ -165,7 +184,8 @@ def test_config_file_keys_reach_the_install(tmp_path: Path, pw_file: Path, monke
 @pytest.mark.parametrize(
     ("line", "message"),
     [('memory = "lots"', "'memory' must be a whole number"), ("hostname = 3", "'hostname' must be a string"),
-     ("refresh_keyring = 1", "'refresh_keyring' must be true or false"), ("force = true", "unknown key(s)"),
+     ("refresh_keyring = 1", "'refresh_keyring' must be true or false"),
+     ("force = true", "'force' is taken only from the command line"),
      ('accel = "hvf"', "'accel' must be one of auto, kvm, tcg")],
 )  # fmt: skip
 def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path: Path) -> None:

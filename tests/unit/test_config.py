@@ -44,6 +44,21 @@ def test_good_values_pass() -> None:
     assert cfg.locale_gen_line == "de_DE.UTF-8 UTF-8"
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("snapshot", "20\u0662\u0664-01-01"),  # Arabic-Indic digits: \\d took them
+        ("snapshot", "2024-\uff10\uff11-01"),  # fullwidth digits
+        ("hostname", "\u212aelvin"),  # the Kelvin sign: [a-z] under re.I took it for 'k'
+        ("hostname", "p\u0131ng"),  # the dotless i: [a-z] under re.I took it for 'i'
+        ("hostname", "box\u017f"),  # the long s
+    ],
+)
+def test_non_ascii_digits_and_letters_are_refused(key: str, value: str) -> None:
+    with pytest.raises(UsageError, match=f"invalid .*{value}"):
+        make(**{key: value})
+
+
 def test_the_password_hash_never_shows_in_repr() -> None:
     cfg = make(password_hash="$6$salt$" + "x" * 86)
     assert "xxxx" not in repr(cfg)
@@ -75,3 +90,33 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_file(broken)
     with pytest.raises(UsageError, match="cannot read"):
         load_file(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("line", "flag"),
+    [('log = "~/.bashrc"', "--log FILE"), ('package_cache = "~"', "--package-cache DIR"), ("force = true", "--force"),
+     ('password_hash = "$6$x$y"', "")],
+)  # fmt: skip
+def test_keys_a_config_file_may_not_set_are_refused_naming_the_flag(tmp_path: Path, line: str, flag: str) -> None:
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    with pytest.raises(UsageError) as caught:
+        load_file(box)
+    key = line.split(" ", maxsplit=1)[0]
+    assert caught.value.message.startswith(f"config key {key!r} is taken only from the command line: a config file may not")
+    safe = "set PROVISION_ARCH_PASSWORD_HASH or use --password-file FILE"
+    assert caught.value.hint == (f"pass {flag} on the command line" if flag else safe)
+
+
+@pytest.mark.parametrize(
+    ("line", "flag"),
+    [('iso = "/etc/passwd"', "--iso PATH"), ('password_file = "/proc/self/environ"', "--password-file FILE"),
+     ('trusted_keys = ["../attacker.asc"]', "--trusted-key FILE"), ('iso = "~/Downloads/arch.iso"', "--iso PATH")],
+)  # fmt: skip
+def test_host_paths_in_a_config_file_stay_in_its_directory(tmp_path: Path, line: str, flag: str) -> None:
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    with pytest.raises(UsageError) as caught:
+        load_file(box)
+    assert caught.value.message.startswith(f"config key {line.split(' ', maxsplit=1)[0]}: ")
+    assert caught.value.hint.endswith(f"put the file below {tmp_path}, or pass {flag} on the command line")

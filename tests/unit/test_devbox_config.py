@@ -80,7 +80,8 @@ def test_bad_shells_are_refused(tmp_path: Path, shell: str) -> None:
 @pytest.mark.parametrize(
     "line",
     ["ssh-ed25519", "ssh-ed25519 not-base64!", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", KEY + "\nssh-rsa AAAA evil",
-     KEY.replace("ssh-ed25519", "ssh-rsa"), "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "hello world"],
+     KEY.replace("ssh-ed25519", "ssh-rsa"), "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "hello world",
+     KEY.replace(" ", "\u00a0", 1), KEY.replace(" ", "\u2003", 1)],  # no-break and em spaces: sshd splits on ASCII ones
 )  # fmt: skip
 def test_bad_authorized_keys_are_refused(tmp_path: Path, line: str) -> None:
     message = refused(tmp_path, user_toml(authorized_keys=[KEY, line]))
@@ -199,6 +200,66 @@ def test_sources_and_collisions(tmp_path: Path, motd: Path) -> None:
     assert (copied.mode, copied.owner) == (0o600, "dev:wheel")
 
 
+# -- what a config file may name on the host ------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["/proc/self/environ", "~/.bashrc", "../outside.txt", "sub/../../outside.txt", "up/x"])
+def test_a_source_outside_the_config_directory_is_refused(tmp_path: Path, source: str) -> None:
+    (tmp_path / "outside.txt").write_text("host secret\n")
+    box = tmp_path / "box"
+    (box / "sub").mkdir(parents=True)
+    (box / "up").symlink_to(tmp_path)  # a link inside that leads out: resolved, then checked
+    with pytest.raises(UsageError) as caught:
+        load(box, file_toml(source=source))
+    assert caught.value.message.startswith("config key files[0].source: ")
+    assert "host secret" not in caught.value.message
+    assert "only inside its own directory" in caught.value.hint
+
+
+def test_a_source_inside_the_config_directory_may_take_any_road_that_stays_inside(tmp_path: Path, motd: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/link").symlink_to(motd)
+    for source in ("sub/../motd", "sub/link", "./motd"):
+        (copied,) = load(tmp_path, file_toml(source=source)).files
+        assert copied.source == motd.resolve()
+
+
+def test_a_source_swapped_for_a_link_after_the_check_is_not_followed(tmp_path: Path, motd: Path) -> None:
+    cfg = load(tmp_path, file_toml())
+    (tmp_path / "secret").write_text("host secret\n")
+    motd.unlink()
+    motd.symlink_to(tmp_path / "secret")
+    with pytest.raises(UsageError, match=r"^config key files\[0\]\.source: cannot read .*motd"):
+        Session.create(build({**vars_of(cfg), "password_hash": hash_password("x")}))
+
+
+@pytest.mark.parametrize("name", ["/etc/ssh/ssh_host_ed25519_key.pub", "../id.pub", "~/.ssh/id_ed25519", "~/.ssh/sub/id.pub",
+                                  "~/.ssh/../.ssh/id.pub", "~/.ssh/link.pub", "~/other.pub"])  # fmt: skip
+def test_key_files_are_the_configs_own_or_the_users_public_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ssh = tmp_path / "home/.ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (ssh / "id.pub").write_text(KEY + "\n")
+    (tmp_path / "home/other.pub").write_text(KEY + "\n")
+    (ssh / "link.pub").symlink_to(tmp_path / "home/other.pub")
+    box = tmp_path / "box"
+    box.mkdir()
+    with pytest.raises(UsageError) as caught:
+        load(box, user_toml(authorized_keys_files=[name]))
+    assert caught.value.message.startswith("config key users[0].authorized_keys_files[0]: ")
+    # The user's own public keys, and the config's, are what a config may name.
+    assert load(box, user_toml(authorized_keys_files=["~/.ssh/id.pub"])).users[0].authorized_keys == (KEY,)
+
+
+def test_a_key_file_line_that_is_no_key_is_not_shown(tmp_path: Path) -> None:
+    (tmp_path / "keys.pub").write_text("TOKEN=s3cret-value\n")
+    message = refused(tmp_path, user_toml(authorized_keys_files=["keys.pub"]))
+    assert "not an SSH public key line" in message and "s3cret" not in message
+
+
 def vars_of(cfg: Config) -> dict[str, Any]:
     return {key: getattr(cfg, key) for key in ("target", "files", "users")}
 
@@ -217,7 +278,7 @@ def test_good_unit_names(tmp_path: Path) -> None:
     assert load(tmp_path, f"services = {toml_value(units)}\n").services == tuple(units)
 
 
-@pytest.mark.parametrize("command", ["", "   ", "echo a\necho b", "echo \r", "x" * 3100, "'" * 700])
+@pytest.mark.parametrize("command", ["", "   ", "echo a\necho b", "echo \r", "x" * 3100, "'" * 700, "echo \x9b31m", "echo \x85"])
 def test_unfit_commands_are_refused(tmp_path: Path, command: str) -> None:
     message = refused(tmp_path, f"commands = [\"true\", {toml_value(command)}]\n")
     assert message.startswith("config key commands[1]: ")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import IsoError
-from provisioner.iso import read_boot_files
+from provisioner.iso import LABEL_RE, UUID_RE, read_boot_files
 from tests.helpers import UUID, make_iso
 
 
@@ -49,3 +49,10 @@ def test_missing_kernel_leaves_no_cache(tmp_path: Path) -> None:
     with pytest.raises(IsoError, match="vmlinuz-linux"):
         read_boot_files(make_iso(tmp_path / "broken.iso", kernel=False), tmp_path / "cache")
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_label_and_uuid_are_ascii_digits_only() -> None:
+    assert LABEL_RE.fullmatch("ARCH_202611")
+    assert not LABEL_RE.fullmatch("ARCH_20\u0662611")
+    assert UUID_RE.fullmatch(f"{UUID}.uuid")
+    assert not UUID_RE.fullmatch("\u0662" + UUID[1:] + ".uuid")

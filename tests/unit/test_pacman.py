@@ -30,6 +30,10 @@ def test_version_and_switch(version: str, parsed: tuple[int, int, int], switch: 
     assert sandbox_switch(parsed) == switch
 
 
+def test_non_ascii_digits_are_no_version() -> None:
+    assert parse_version(BANNER.format("\u0667.1.0")) is None  # an Arabic-Indic 7
+
+
 @pytest.mark.parametrize("output", ["", "bash: pacman: command not found", "chroot: failed to run command 'pacman'", "v7.1.0"])
 def test_no_version_without_pacmans_banner(output: str) -> None:
     assert parse_version(output) is None

@@ -49,3 +49,5 @@ def test_check_hash_accepts_crypt_hashes_and_never_echoes_a_bad_one() -> None:
     assert "plaintext-oops" not in caught.value.message + caught.value.hint
     with pytest.raises(UsageError):
         check_hash(good + ":root")  # a ':' would break chpasswd's input
+    with pytest.raises(UsageError):
+        check_hash(good.replace("$6$", "$6$rounds=\u0665\u0660\u0660\u0660$", 1))  # \\d took Arabic-Indic digits
