@@ -287,16 +287,20 @@ def test_9p_share_mounts_with_modprobe(live: LiveSession) -> None:
 def test_archisolabel_finds_the_iso_and_firstboot_prompts(standin_iso: pathlib.Path, iso_info: IsoInfo,
                                                           tmp_path: pathlib.Path) -> None:  # fmt: skip
     """Without `systemd.firstboot=off`, the machine id `uninitialized` makes every live boot
-    a first boot and systemd 257's firstboot asks for a keymap on the serial console
-    (systemd#34490), as on the real ISO; an empty answer skips it and the boot goes on."""
+    a first boot and systemd 257's firstboot stops the boot on the serial console: a
+    welcome screen waiting for a key, then a keymap prompt (systemd#34490). A key and an
+    empty answer get past it and the boot goes on."""
     append = f"archisobasedir=arch archisolabel={iso_info.label} console=ttyS0,115200 systemd.show_status=false"
     guest = Guest(standin_iso, iso_info, tmp_path, append)
     try:
         started = time.monotonic()
-        guest.expect("keymap", timeout=240)
-        print(f"\nfirstboot keymap prompt after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        guest.expect("-- Press any key to proceed --", timeout=240)
+        print(f"\nfirstboot waits for a key {time.monotonic() - started:.1f}s after QEMU started", file=sys.stderr)
+        time.sleep(1)
+        guest.send("")
+        guest.expect("keymap name or number", timeout=60)
         # The rest of the prompt line, then an empty answer (skip).
-        time.sleep(2)
+        time.sleep(1)
         guest.send("")
         guest.expect("archiso login: ", timeout=240)
     finally:
@@ -339,10 +343,10 @@ def test_ip_dhcp_ends_in_the_rescue_shell(standin_iso: pathlib.Path, iso_info: I
 def test_versions_of_todays_arch(live: LiveSession) -> None:
     """Debian 13's stack: Linux 6.12, systemd 257, pacman 7.0, OpenSSH 10, arch-install-scripts 28."""
     assert live.run("uname -r").strip().splitlines()[-1].startswith("6.12."), live.run("uname -r")
-    assert re.search(r"^systemd 257\b", live.run("systemctl --version"), re.M)
+    assert re.search(r"\bsystemd 257\b", live.run("systemctl --version"))
     assert "Pacman v7.0" in live.run("pacman --version")
     assert re.search(r"OpenSSH_10\.", live.run("ssh -V 2>&1"))
-    assert re.search(r"^28\b", live.run("dpkg-query -W -f '${Version}' arch-install-scripts; echo"), re.M)
+    assert re.search(r"\b28-", live.run("dpkg-query -W -f '${Version}' arch-install-scripts; echo"))
 
 
 def test_archiso_hook_polls_ten_seconds(live: LiveSession) -> None:
@@ -377,13 +381,10 @@ def test_time_sync_gate_as_on_the_real_iso(live: LiveSession) -> None:
     assert "systemd-time-wait-sync.service" in wants and "systemd-timesyncd.service" in wants, wants
     assert "time-sync.target" in live.run("systemctl show -P After pacman-init.service")
     assert live.run("timedatectl show -P NTPSynchronized").strip().splitlines()[-1] == "no"
-    out = live.run(
-        "systemctl unmask --runtime systemd-time-wait-sync.service && "
-        "systemctl start --no-block systemd-time-wait-sync.service && sleep 20 && "
-        "systemctl is-active systemd-time-wait-sync.service; systemctl stop systemd-time-wait-sync.service",
-        timeout=120,
-    )
-    assert "activating" in out, out
+    # The unit is masked by the kernel command line's generator (no runtime unmask): run
+    # its program by hand; it waits for a synchronised clock for ever.
+    out = live.run("timeout 20 /usr/lib/systemd/systemd-time-wait-sync; echo rc=$?", timeout=120)
+    assert "rc=124" in out, out
     status = live.run("systemctl show -P StatusText systemd-timesyncd.service")
     print(f"\ntimesyncd: {status.strip()}", file=sys.stderr)
 
@@ -397,5 +398,7 @@ def test_machine_id_uninitialized_makes_a_first_boot(live: LiveSession) -> None:
 
 
 def test_sshd_enabled_as_on_the_iso(live: LiveSession) -> None:
-    assert live.run("systemctl is-enabled sshd.service").strip().splitlines()[-1] == "enabled"
-    assert live.run("systemctl is-active ssh.service").strip().splitlines()[-1] == "active"
+    # Debian's unit is ssh.service with the alias sshd.service (Arch's name).
+    assert live.run("systemctl is-enabled ssh.service").strip().splitlines()[-1] == "enabled"
+    assert "sshd.service" in live.run("systemctl show -P Names ssh.service")
+    assert live.run("systemctl is-active sshd.service").strip().splitlines()[-1] == "active"
