@@ -22,8 +22,9 @@ import pexpect
 from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
 from provisioner.run import NotFound, run
-from provisioner.session import LOCK, STATE, busy, held_by_another
+from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
+from provisioner.workspace import Workspace
 
 KVM_PROBE = 20.0  # seconds for a KVM guest's kernel to speak; under working KVM it takes well under one
 MIN_FREE = 2 << 30  # an Arch base with a kernel takes about 1.5 GiB
@@ -152,8 +153,12 @@ def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> I
 
 
 def check_target(target: Path, force: bool) -> Iterator[Problem]:
-    if target.is_dir() and held_by_another(target):
-        yield Problem(*busy(target, target / STATE / LOCK))
+    workspace = Workspace.of(target)
+    if workspace.held_by_another():
+        yield Problem(*workspace.busy())
+        return
+    if target.is_symlink():
+        yield Problem(f"{target} is a symbolic link", f"give the directory it points to: {target.resolve()}")
         return
     if target.exists() and not target.is_dir():
         yield Problem(f"{target} exists and is not a directory", "give a directory path as the target")
@@ -189,7 +194,7 @@ def check_target_filesystem(target: Path, root: bool, mountinfo: Path | None = N
         # Probe inside the target only (nothing outside it is touched): guest root chowns files to
         # other ids, as root directly, else inside the user namespace QEMU runs in.
         with tempfile.NamedTemporaryFile(dir=target, prefix=".provision-arch-probe-") as probe:
-            argv = ["chown", "1:1", probe.name]
+            argv = ["chown", "-h", "1:1", probe.name]
             result = run(argv if root else ["unshare", "--map-auto", "--map-root-user", *argv])
         if result.returncode != 0:
             yield Problem(f"{where} does not keep file ownership: {result.stderr.strip()}", fix)
@@ -299,12 +304,20 @@ def check_virtiofs(find: Callable[[], Virtiofsd | None] = find_virtiofsd) -> Ite
                           "install a QEMU built with vhost-user, e.g. Debian's qemu-system-x86", False)  # fmt: skip
 
 
+BOOT_FILES = ("boot/vmlinuz-linux", "boot/initramfs-linux.img")
+
+
 def check_installed(target: Path) -> Iterator[Problem]:
-    for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
-        if not (target / name).is_file():
-            yield Problem(
-                f"{target / name} is missing: {target} is not an installed system", f"install first: provision-arch {target}"
-            )
+    """The boot files are regular files, resolved inside the box as the box resolves them."""
+    try:
+        with Tree(target) as tree:
+            missing = [name for name in BOOT_FILES if tree.regular(name, IN_ROOT) is None]
+    except TreeError as exc:
+        yield Problem(exc.message, exc.hint)
+        return
+    for name in missing:
+        fix = f"install first: provision-arch {target}"
+        yield Problem(f"{target / name} is missing: {target} is not an installed system", fix)
 
 
 def is_root() -> bool:

@@ -16,7 +16,8 @@ import pytest
 
 from provisioner.errors import ExitCode
 from provisioner.password import hash_password
-from tests.helpers import ssh_public_key
+from provisioner.workspace import Workspace
+from tests.helpers import ssh_public_key, staged_secrets
 from tests.orchestration.conftest import Fake, Run
 from tests.orchestration.test_install import ALL_STEPS, assert_clean_end
 
@@ -103,7 +104,7 @@ def devbox(install: Any, fake: Fake, tmp_path: Path) -> Run:
 
 def test_the_devbox_steps_run_after_the_system_and_before_the_unmount(devbox: Run, fake: Fake, tmp_path: Path) -> None:
     assert devbox.steps() == [*BASE_STEPS, "users", "files", "services", "command-1", "command-2", "command-3",
-                              "stream", "unmount", "poweroff", "manifest"]  # fmt: skip
+                              "stream", "unmount", "poweroff", "unpack", "manifest"]  # fmt: skip
     assert set(devbox.finished().values()) == {"ok"}
     titles = {e["step"]: e["title"] for e in devbox.events if e["type"] == "step-started"}
     assert titles["command-2"] == "Running command 2: test -e built-1 && echo made > built-2"
@@ -163,14 +164,14 @@ def test_services_enabled_and_commands_run_in_order_in_the_chroot(devbox: Run, f
 
 def test_no_password_hash_is_ever_typed_passed_or_logged(devbox: Run, fake: Fake, tmp_path: Path) -> None:
     target = tmp_path / "base"
-    transcript = (target / ".provision-arch/console.log").read_text()
+    transcript = Workspace.of(target).transcript.read_text()
     root_hash = (target / "etc/shadow").read_text().splitlines()[0].split(":")[1]
     for secret in (CI_HASH, root_hash):
         for where, text in {"typed": fake.typed(), "argv": fake.commands(), "transcript": transcript,
                             "stdout": devbox.stdout, "stderr": devbox.stderr}.items():  # fmt: skip
             assert secret not in text, f"a password hash was {where}"
-    assert "chpasswd -e < /mnt/.provision-arch/stage/users.chpasswd" in fake.typed()
-    assert not list(target.rglob("*.chpasswd"))
+    assert "chpasswd -e < /run/provision-arch/stage/users.chpasswd" in fake.typed()
+    assert not staged_secrets(target)
 
 
 def test_pacman_conf_gets_the_sandbox_switch_once(devbox: Run, install: Any, tmp_path: Path) -> None:

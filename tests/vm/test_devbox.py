@@ -31,7 +31,7 @@ import pytest
 
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
-from tests.vm.unprivileged import TIMES, E2EUser, as_user
+from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -237,7 +237,7 @@ def test_pacman_in_the_booted_box_installs_from_the_server(
 
 def test_pacstrap_ran_every_scriptlet_and_hook(box: Box) -> None:
     """pacman reports a failed install scriptlet or hook but still exits 0."""
-    transcript = (box.base / ".provision-arch/console.log").read_text(errors="replace")
+    transcript = user_workspace(box.base).transcript.read_text(errors="replace")
     pacstrap = transcript.split("step pacstrap", 1)[-1].split("step configure", 1)[0]
     assert "error:" not in pacstrap and "failed" not in pacstrap, pacstrap[-3000:]
     assert "Creating system user accounts" in pacstrap
