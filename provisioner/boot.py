@@ -20,7 +20,8 @@ from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
 
-from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Forward, Hardware, KernelFiles, boot_argv, wrap
+from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Forward, Hardware, KernelFiles, boot_argv
+from provisioner.run import wrap
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
 from provisioner.workspace import Workspace

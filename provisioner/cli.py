@@ -15,7 +15,6 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +50,8 @@ from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, die_with_parent, parse_forward, resolve_accel
+from provisioner.qemu import Hardware, parse_forward, resolve_accel
+from provisioner.run import call
 from provisioner.runbox import RunRequest, run_in_box
 from provisioner.session import Session
 from provisioner.workspace import Workspace
@@ -308,7 +308,7 @@ def boot(
             return
         # One provision-arch per target: no boot of a tree an install or a run is writing.
         with Workspace.of(target).locked(), boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
-            status = subprocess.call(argv, preexec_fn=die_with_parent)
+            status = call(argv)
     raise typer.Exit(status)
 
 

@@ -160,13 +160,13 @@ def pacstrap(con: Console, session: Session, timeout: float) -> None:
 
 def pacman_hint(output: str) -> str:
     """The fix for what pacman said, from its own words."""
-    if missing := re.findall(r"target not found: (\S+)", output):
+    if missing := re.findall(r"target not found: (\S+)", output, re.ASCII):
         return f"no package named {', '.join(missing)} in the repositories; check the spelling (pacman -Ss NAME)"
     if "No space left on device" in output or "not enough free disk space" in output:
         return "the target's file system is full: free some space (df -h TARGET) and run again with --force"
     if re.search(r"failed retrieving file|Could not resolve host|failed to synchronize", output):
         return "the guest could not reach the package mirror: check the network, or give another with --mirror URL"
-    if corrupt := re.findall(r"File (\S+) is corrupted", output):
+    if corrupt := re.findall(r"File (\S+) is corrupted", output, re.ASCII):
         names = ", ".join(name.rsplit("/", 1)[-1] for name in corrupt)
         return f"a cached package did not match its checksum ({names}; pacman removed it): run again, or use --no-cache-packages"
     return "see pacman's output above and the transcript"
@@ -241,7 +241,8 @@ def build_initramfs(con: Console, session: Session, timeout: float) -> str | Non
         raise CommandFailed(result.command, result.status, result.output, hint)
     listing = con.check(f"arch-chroot {MNT} lsinitcpio {INITRAMFS}", timeout, hint=hint)
     builtin = con.run(f"cat {MNT}/usr/lib/modules/*/modules.builtin", 30).output
-    have = {name.replace("-", "_") for name in re.findall(r"([\w-]+)\.ko(?:\.\w+)?\s*$", listing + "\n" + builtin, re.M)}
+    modules = re.findall(r"([\w-]+)\.ko(?:\.\w+)?\s*$", listing + "\n" + builtin, re.M | re.ASCII)
+    have = {name.replace("-", "_") for name in modules}
     if missing := sorted(set(NINEP_MODULES) - have):
         raise CommandFailed(
             result.command,
@@ -297,7 +298,7 @@ def add_user(con: Console, user: User, timeout: float) -> None:
         con.check(chrooted(f"useradd -m -U{options} {q(user.name)}"), timeout, hint=f"see useradd's message ({user.key})")
         return
     fields = entry.output.strip().split(":")
-    if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < FIRST_UID:
+    if len(fields) < 3 or not re.fullmatch(r"[0-9]+", fields[2]) or int(fields[2]) < FIRST_UID:
         raise CommandFailed(
             f"useradd {user.name}",
             9,  # useradd's status for a name in use
@@ -429,6 +430,7 @@ def provision(
     cfg = session.cfg
     if not cfg.password_hash:
         raise ProvisionError("internal: provision() needs the root password hash", "this is a bug in provision-arch")
+    events.hide(*cfg.password_hashes)  # out of every event: guest output in an error, a note, a console line
     with session.workspace.locked():
         # Closed to other users while it is written: as root, its device nodes and setuid-root
         # files are real on the host (as with debootstrap). finish() opens it as a root directory.

@@ -20,7 +20,8 @@ from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout
 from provisioner.events import Bus
 from provisioner.iso import BootFiles
-from provisioner.qemu import Hardware, Machine, install_argv, resolve_accel, wrap
+from provisioner.qemu import Hardware, Machine, install_argv, resolve_accel
+from provisioner.run import wrap
 from provisioner.session import Session
 
 KVM_FIRST_WORDS = 30.0  # seconds for a KVM guest's kernel to print its banner

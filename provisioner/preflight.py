@@ -21,7 +21,7 @@ import pexpect
 
 from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
-from provisioner.run import NotFound, run
+from provisioner.run import NotFound, run, wrap
 from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
 from provisioner.workspace import Workspace
@@ -110,7 +110,8 @@ def _has_range(path: Path, user: str, uid: str) -> bool:
         return False
     for line in lines:
         fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] in (user, uid) and fields[2].isdigit() and int(fields[2]) > 1000:
+        count = fields[2] if len(fields) == 3 else ""
+        if fields[0] in (user, uid) and count.isascii() and count.isdigit() and int(count) > 1000:
             return True
     return False
 
@@ -119,7 +120,7 @@ def check_userns_allowed(sysctl: Path | None = None) -> Iterator[Problem]:
     """Create a user namespace for real; when that fails, name the kernel switch that forbids it."""
     sysctl = sysctl or SYSCTL
     try:
-        probe = run(["unshare", "--map-auto", "--map-root-user", "true"])
+        probe = run(wrap(["true"], as_root=False))
     except NotFound:
         return  # check_unshare says so
     if probe.returncode == 0:
@@ -195,7 +196,7 @@ def check_target_filesystem(target: Path, root: bool, mountinfo: Path | None = N
         # other ids, as root directly, else inside the user namespace QEMU runs in.
         with tempfile.NamedTemporaryFile(dir=target, prefix=".provision-arch-probe-") as probe:
             argv = ["chown", "-h", "1:1", probe.name]
-            result = run(argv if root else ["unshare", "--map-auto", "--map-root-user", *argv])
+            result = run(wrap(argv, as_root=root))
         if result.returncode != 0:
             yield Problem(f"{where} does not keep file ownership: {result.stderr.strip()}", fix)
 

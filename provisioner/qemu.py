@@ -11,13 +11,11 @@ time for the guest to power off, then terminates it, then kills it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
 import re
 import shlex
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import pexpect
 from provisioner.config import Accel, MachineType
 from provisioner.errors import HostError, UsageError
 from provisioner.iso import BootFiles
+from provisioner.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -289,17 +288,6 @@ def run_argv(
     ]  # fmt: skip
 
 
-def wrap(argv: Sequence[str], *, as_root: bool) -> list[str]:
-    """Run QEMU in a user namespace when we are not root.
-
-    Guest root then writes files as the invoking user, other guest ids land in the
-    user's subuid range, and passthrough's chown works without privileges.
-    """
-    if as_root:
-        return list(argv)
-    return ["unshare", "--map-auto", "--map-root-user", *argv]
-
-
 def resolve_accel(accel: Accel) -> Accel:
     """AUTO: KVM when /dev/kvm is usable and the CPU offers virtualisation, else TCG."""
     if accel is not Accel.AUTO:
@@ -323,13 +311,6 @@ def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
     except OSError:
         pass
     return False
-
-
-def die_with_parent() -> None:
-    """In the child before exec: if provision-arch dies (even by SIGKILL), the child (QEMU, a helper) gets SIGTERM."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Machine:

@@ -52,7 +52,8 @@ from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
 from provisioner.events import Bus, Output
 from provisioner.live import launched
-from provisioner.qemu import Hardware, KernelFiles, Machine, run_argv, wrap
+from provisioner.qemu import Hardware, KernelFiles, Machine, run_argv
+from provisioner.run import wrap
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.workspace import Workspace
 
@@ -123,7 +124,7 @@ def begin_marker(nonce: str) -> str:
 
 def end_marker(nonce: str) -> re.Pattern[str]:
     """The end marker; it may follow output that did not end its line."""
-    return re.compile(rf"PA_RUN_{nonce}_END_(\d+){EOL}")
+    return re.compile(rf"PA_RUN_{nonce}_END_([0-9]+){EOL}")
 
 
 def check_runnable(target: Path, user: str) -> None:

@@ -301,4 +301,6 @@ def _merge(new: int, old: int, skip: str = "") -> None:
             continue
         if stat.S_ISDIR(there.st_mode):
             shutil.rmtree(name, dir_fd=old)
+        elif stat.S_ISDIR(here.st_mode):
+            os.unlink(name, dir_fd=old)  # a file or a link where the new tree has a directory
         os.rename(name, name, src_dir_fd=new, dst_dir_fd=old)  # replaces a file or a link, never follows it

@@ -52,8 +52,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from provisioner.errors import ExitCode, ProvisionError
-from provisioner.qemu import die_with_parent
-from provisioner.run import NotFound
+from provisioner.run import USERNS, NotFound, die_with_parent
 
 # GNU tar, told to keep everything an installed system relies on (the same as stream.TAR_KEEP,
 # repeated here so this module stands alone): numeric owners, ACLs, and all xattrs (without
@@ -63,7 +62,6 @@ TAR_KEEP = ("--numeric-owner", "--acls", "--xattrs", "--xattrs-include=*")
 # file dated in the future, which a guest clock a second ahead of the host's produces) are the
 # one kind of warning that does not fail the unpack: nothing is lost or misplaced by them.
 EXTRACT = ("--delay-directory-restore", "--warning=no-timestamp")
-USERNS = ("unshare", "--map-auto", "--map-root-user")
 TAR_TIMEOUT = 3600.0
 HINT = "the guest sent an archive the host will not unpack; nothing was written into the target"
 # Contiguous files (type 7) are left out: GNU tar never writes them and warns when it reads one.

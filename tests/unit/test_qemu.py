@@ -20,8 +20,8 @@ from provisioner.qemu import (
     qemu_value,
     resolve_accel,
     run_argv,
-    wrap,
 )
+from provisioner.run import wrap
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
 BOOT = BootFiles(
