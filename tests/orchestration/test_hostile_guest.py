@@ -102,7 +102,7 @@ def test_boot_files_resolve_inside_the_box_never_on_the_host(tmp_path: Path) -> 
     initrd.symlink_to(home / ".ssh/id_ed25519")  # absolute: in the box, that is BOX/…/id_ed25519
     with pytest.raises(UsageError, match=r"initramfs-linux\.img is missing"):
         check_box(box, start=False)
-    with pytest.raises(TreeError, match="not a regular file|No such file"), kernel_files(box):
+    with pytest.raises(TreeError, match=r"not a regular file|No such file"), kernel_files(box):
         pass
     # A link the box itself resolves is followed as the box would: inside it.
     real = box / "boot/initramfs-real.img"
