@@ -14,6 +14,7 @@ only after QEMU has ended, into a target the guest never saw.
 from __future__ import annotations
 
 import re
+import stat
 import textwrap
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -507,6 +508,11 @@ def unpack_tree(session: Session, state: State) -> str:
     return f"unpacked {summary.entries} entries ({summary.bytes / 2**20:.0f} MiB) into {session.target}"
 
 
+def reachable_by_others(target: Path) -> bool:
+    """Whether every directory down to ``target`` lets other users through (o+x)."""
+    return all(path.stat().st_mode & stat.S_IXOTH for path in [target.absolute(), *target.absolute().parents])
+
+
 def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:
     """The guest steps in order; a resumed run skips the target steps an earlier run finished."""
     for step in plan(session.cfg):
@@ -538,6 +544,12 @@ def finish(session: Session, events: Bus, state: State, iso: tuple[Path, str], e
             f"the install finished but {cfg.target / missing[0]} is missing", f"see the transcript: {session.transcript}"
         )
     cfg.target.chmod(0o755)  # the box's / (see provision())
+    if reachable_by_others(cfg.target):
+        owner = "root" if is_root() else "you"
+        events.note(
+            f"{cfg.target} is reachable by other users of this host, and the box's setuid files (sudo, su) run as "
+            f"{owner} for them: keep the box in a directory closed to others (chmod 700 its parent)"
+        )
     with events.step("manifest", "Writing the manifest"):
         manifest = write_manifest(cfg, *iso)
         if expected and (differ := compare(expected.packages, installed_packages(cfg.target))):

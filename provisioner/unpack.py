@@ -30,11 +30,12 @@ When not root it runs under ``unshare --map-auto --map-root-user``, so the guest
 land in the user's subordinate ids as they would on the 9p path.
 
 Setuid and setgid files are kept: an Arch tree needs them (``sudo``, ``su``, ``passwd``,
-``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, they are owned by the
-user's own subordinate ids on the host, so they grant nothing the user did not already have.
-As root they are real setuid-root binaries on the host, as after debootstrap; the caller keeps
-the target unreachable for other users (mode 0700) while it is written, and the same holds for
-device nodes, which are extracted only as root.
+``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, the box's root is the
+invoking user on the host, so a setuid-root file of the box is setuid to that user for anyone
+on the host who can reach it (the install keeps the target 0700 while it is written and says
+so when the finished box is reachable by others: see docs/trust.md). As root they are real
+setuid-root binaries on the host, as after debootstrap, and device nodes are real too (they
+are extracted only as root).
 """
 
 from __future__ import annotations
