@@ -43,7 +43,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from provisioner.errors import ExitCode, ProvisionError
-from provisioner.run import USERNS, NotFound, die_with_parent
+from provisioner.run import die_with_parent, require, wrap
 
 # GNU tar, told to keep everything an installed system relies on (the same as stream.TAR_KEEP,
 # repeated here so this module stands alone): numeric owners, ACLs, and all xattrs (without
@@ -357,15 +356,13 @@ def tar(args: Sequence[str], handle: BinaryIO, cwd: int | None, *, userns: bool)
     ``userns``; its stdout. A bad status or anything on stderr is an UnpackError with tar's
     first lines.
 
-    The one place that starts a host process here: when ``provisioner.run`` grows a ``spawn``
-    with a user-namespace parameter, this is what changes.
+    The one place that starts a host process here. It goes through ``provisioner.run``'s
+    ``wrap`` (the user-namespace prefix), ``require`` (a missing tar or unshare is its
+    ``NotFound``, a host error naming the package) and ``die_with_parent``, but not through
+    ``run()`` itself: tar needs the archive on stdin, bytes rather than text, and a working
+    directory given as a descriptor (``fchdir`` in the child), which ``run()`` does not offer.
     """
-    argv = ["tar", *args]
-    if userns:
-        argv = [*USERNS, *argv]
-    if shutil.which(argv[0]) is None:
-        error = NotFound(argv[0])
-        raise UnpackError(f"{error} is needed to unpack the stream", "install GNU tar and util-linux") from error
+    argv = require(wrap(["tar", *args], as_root=not userns))
     handle.seek(0)
     os.lseek(handle.fileno(), 0, os.SEEK_SET)
 
