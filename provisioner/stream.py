@@ -73,9 +73,11 @@ class Receiver:
                     if not ready:
                         continue
                     block = os.read(self._fd, CHUNK)
-                    if self.received + len(block) > self.limit:
-                        self._over = True  # the guest sends more than its scratch disk holds: stop taking it
-                        return
+                    if self._over or self.received + len(block) > self.limit:
+                        # More than its scratch disk holds: drained, never written, so that
+                        # the guest's end of the port does not block; the step fails on it.
+                        self._over = True
+                        continue
                     if block:
                         out.write(block)
                         with self._lock:

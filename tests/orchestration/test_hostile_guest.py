@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from provisioner.boot import kernel_files
 from provisioner.cli import app
-from provisioner.errors import UsageError
+from provisioner.errors import ExitCode, UsageError
 from provisioner.preflight import check_box
 from provisioner.runbox import RUN_DIR
 from provisioner.tree import TreeError
+from provisioner.unpack import UnpackError
 from provisioner.workspace import Workspace
 from tests.helpers import installed_box
 from tests.orchestration.conftest import Fake
@@ -169,3 +170,30 @@ def test_the_target_is_closed_to_others_while_it_is_written(install: Any, fake: 
     assert install("--config", str(config), "--install-via", "9p").exit_code == 0
     assert (tmp_path / "base/mode-while-written").read_text().strip() == "700"
     assert (tmp_path / "base").stat().st_mode & 0o777 == 0o755, "a box's / once it is finished"
+
+
+def test_a_stream_larger_than_the_scratch_disk_is_refused_before_it_fills_the_host(
+    install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("provisioner.install.STREAM_LIMIT", 4096)
+    run = install("--install-via", "stream")
+    assert run.exit_code == ExitCode.STEP, run.stderr
+    assert "outgrew 4096 bytes" in run.events[-1]["message"]
+    workspace = Workspace.of(tmp_path / "base")
+    assert not workspace.archive.exists() and list((tmp_path / "base").iterdir()) == []
+
+
+def test_an_interrupted_unpack_is_recognised_as_such(
+    install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(*args: object, **kwargs: object) -> None:
+        (tmp_path / "base/.provision-arch-unpack/half").write_text("written before the failure\n")
+        raise UnpackError("tar could not unpack the stream: No space left on device", "free some space")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("provisioner.unpack.unpack", fails)
+        assert install().exit_code == ExitCode.STEP
+    again = install()
+    assert again.exit_code == ExitCode.USAGE, again.stderr
+    assert "unpack was interrupted" in again.events[-1]["message"] and "--force" in again.events[-1]["hint"]
+    assert install("--force").exit_code == 0
