@@ -24,7 +24,7 @@ from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Forward, Hardware, KernelFi
 from provisioner.run import wrap
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
-from provisioner.workspace import Workspace
+from provisioner.workspace import Workspace, remove
 
 # What --print shows in place of the socket a real boot creates.
 SOCKET_PLACEHOLDER = Path("SOCKET")
@@ -52,6 +52,20 @@ def kernel_files(target: Path) -> Iterator[KernelFiles]:
         shutil.rmtree(where, ignore_errors=True)
 
 
+def printed_kernel_files(target: Path) -> KernelFiles:
+    """For ``--print``: the box's kernel and initramfs, copied into its workspace where they stay
+    (until the next ``--print``), so that the printed command loads nothing from the tree."""
+    workspace = Workspace.of(target)
+    workspace.create()
+    remove(workspace.printed_boot)
+    workspace.printed_boot.mkdir(mode=0o700)
+    with Tree(target) as tree:
+        return KernelFiles(
+            tree.copy_out(BOX_KERNEL, workspace.printed_boot / "vmlinuz-linux", IN_ROOT),
+            tree.copy_out(BOX_INITRD, workspace.printed_boot / "initramfs-linux.img", IN_ROOT),
+        )
+
+
 @contextmanager
 def boot_command(
     target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()
@@ -71,13 +85,16 @@ def boot_command(
 
 
 def describe(target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()) -> str:
-    """What ``boot_command`` would run, for ``--print``; starts nothing."""
-    if fs is RootFs.NINEP:
-        return shlex.join(wrap(boot_argv(hw, target, forwards), as_root=as_root))
-    argv = virtiofsd_argv(require_virtiofsd(), target, 3, nofile_limit())
+    """What ``boot_command`` would run, for ``--print``; starts nothing (the boot files are
+    copied, as for a boot)."""
+    daemon = require_virtiofsd() if fs is RootFs.VIRTIOFS else None
+    kernel = printed_kernel_files(target)
+    if daemon is None:
+        return shlex.join(wrap(boot_argv(hw, target, forwards, kernel=kernel), as_root=as_root))
+    argv = virtiofsd_argv(daemon, target, 3, nofile_limit())
     where = "" if as_root else ", in the user namespace QEMU runs in"
     return (
         f"# virtiofsd, given the listening socket {SOCKET_PLACEHOLDER} as descriptor 3{where}:\n"
         f"# {shlex.join(argv)}\n"
-        + shlex.join(wrap(boot_argv(hw, target, forwards, virtiofs_socket=SOCKET_PLACEHOLDER), as_root=as_root))
+        + shlex.join(wrap(boot_argv(hw, target, forwards, virtiofs_socket=SOCKET_PLACEHOLDER, kernel=kernel), as_root=as_root))
     )

@@ -176,7 +176,9 @@ class Bus:
     def emit(self, event: Event) -> None:
         if self._secrets:
             texts = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-            changed = {name: redact(value, self._secrets) for name, value in texts.items() if isinstance(value, str)}
+            changed = {
+                name: redact(value.replace("\x00", ""), self._secrets) for name, value in texts.items() if isinstance(value, str)
+            }
             event = dataclasses.replace(event, **changed)
         for sink in self.sinks:
             sink(event)

@@ -14,7 +14,6 @@ only after QEMU has ended, into a target the guest never saw.
 from __future__ import annotations
 
 import re
-import stat
 import textwrap
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -32,13 +31,13 @@ from provisioner.iso import read_boot_files
 from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
 from provisioner.pacman import enable_option, parse_version, sandbox_switch
-from provisioner.preflight import is_root
+from provisioner.preflight import is_root, reachable_by_others
 from provisioner.qemu import BOX_INITRD, BOX_KERNEL, CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STAGE_TAG, STREAM_PORT
 from provisioner.session import RUN_ID, SCRATCH_SIZE, Session
 from provisioner.staged import StagedFile
 from provisioner.state import State, save
 from provisioner.stream import TAR_KEEP, Receiver
-from provisioner.tree import IN_ROOT, Tree
+from provisioner.tree import IN_ROOT, Tree, as_guest_root
 from provisioner.users import User
 
 MNT = "/mnt"
@@ -438,9 +437,10 @@ def provision(
         cfg.target.mkdir(mode=0o700, parents=True, exist_ok=True)
         cfg.target.chmod(0o700)
         with Tree(cfg.target) as tree:
-            if tree.exists(LEGACY_STATE):
-                tree.remove(LEGACY_STATE)  # it may hold a staged password hash
-                events.note(f"removed {cfg.target / LEGACY_STATE}: an older provision-arch kept its state there")
+            legacy = tree.exists(LEGACY_STATE)
+        if legacy:
+            as_guest_root("remove", cfg.target, LEGACY_STATE, as_root=is_root())  # it may hold a staged password hash
+            events.note(f"removed {cfg.target / LEGACY_STATE}: an older provision-arch kept its state there")
         state = resume or State(box_record(cfg))
         save(cfg.target, state)
         if resume:
@@ -498,19 +498,15 @@ def unpack_tree(session: Session, state: State) -> str:
     not make. The state file marks the unpack, so an interrupted one is recognised next time."""
     state.unpacking = True
     save(session.target, state)
+    root = is_root()
+    as_guest_root("remove", session.target, UNPACK_DIR, as_root=root)
     with Tree(session.target) as tree:
-        tree.remove(UNPACK_DIR)
         tree.mkdir(UNPACK_DIR, 0o700)
-        summary = unpack.unpack(session.workspace.archive, session.target / UNPACK_DIR, as_root=is_root(), limit=STREAM_LIMIT)
-        tree.merge(UNPACK_DIR)
+    summary = unpack.unpack(session.workspace.archive, session.target / UNPACK_DIR, as_root=root, limit=STREAM_LIMIT)
+    as_guest_root("merge", session.target, UNPACK_DIR, as_root=root)
     state.unpacking = False
     save(session.target, state)
     return f"unpacked {summary.entries} entries ({summary.bytes / 2**20:.0f} MiB) into {session.target}"
-
-
-def reachable_by_others(target: Path) -> bool:
-    """Whether every directory down to ``target`` lets other users through (o+x)."""
-    return all(path.stat().st_mode & stat.S_IXOTH for path in [target.absolute(), *target.absolute().parents])
 
 
 def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -153,7 +154,13 @@ def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> I
             return
 
 
-def check_target(target: Path, force: bool) -> Iterator[Problem]:
+def reachable_by_others(target: Path) -> bool:
+    """Whether other users of the host can reach ``target``: every directory above it lets them through (o+x)."""
+    path = _existing_parent(target.absolute().parent)
+    return all(directory.stat().st_mode & stat.S_IXOTH for directory in [path, *path.parents])
+
+
+def check_target(target: Path, force: bool, *, root: bool = False) -> Iterator[Problem]:
     workspace = Workspace.of(target)
     if workspace.held_by_another():
         yield Problem(*workspace.busy())
@@ -163,6 +170,16 @@ def check_target(target: Path, force: bool) -> Iterator[Problem]:
         return
     if target.exists() and not target.is_dir():
         yield Problem(f"{target} exists and is not a directory", "give a directory path as the target")
+        return
+    if root and reachable_by_others(target):
+        # As root, the box's setuid-root files and device nodes are real on the host, and the
+        # guest can make more whenever it runs: other users must not reach them.
+        yield Problem(
+            f"{target} is reachable by other users of this host, and as root the box's setuid files and device "
+            "nodes are real there",
+            f"put it under a directory closed to others (chmod 700 {_existing_parent(target.absolute().parent)}), "
+            "or run provision-arch as your own user",
+        )
         return
     if target.is_dir():
         entries = [entry.name for entry in target.iterdir()]
@@ -345,7 +362,7 @@ CHECKS: tuple[Check, ...] = (
     Check("subuid", "a subuid range", lambda host: check_range("subuid", host.user, host.etc), _unprivileged),
     Check("subgid", "a subgid range", lambda host: check_range("subgid", host.user, host.etc), _unprivileged),
     Check("userns", "unprivileged user namespaces", lambda host: check_userns_allowed(), _unprivileged),
-    Check("target", "the target directory", lambda host: check_target(_target(host), host.force), _has_target),
+    Check("target", "the target directory", lambda host: check_target(_target(host), host.force, root=host.root), _has_target),
     Check(
         "target-fs",
         "file ownership on the target's file system",

@@ -24,12 +24,14 @@ import errno
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntFlag
 from pathlib import Path, PurePosixPath
 
 from provisioner.errors import ExitCode, ProvisionError
+from provisioner.run import run, wrap
 
 SYS_OPENAT2 = 437  # the same number on every architecture (the syscall table was unified in 5.6)
 
@@ -133,11 +135,20 @@ class Tree:
             return TreeError(f"{where} is reached through a link, which the host does not follow", f"{what} must be real")
         return TreeError(f"cannot use {where}: {exc.strerror}", what)
 
+    def _open_regular(self, path: PurePosixPath | str, resolve: Resolve) -> int:
+        """A readable descriptor of a regular file. The entry is first opened with ``O_PATH``,
+        which opens nothing: a FIFO or a device node the guest put there (as root, a real
+        one: the host's watchdog, a tape) is refused before anything is opened for reading."""
+        with opened(self.fd, path, os.O_PATH, resolve=resolve) as handle:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise TreeError(f"{self.target}/{str(path).lstrip('/')} is not a regular file", "is it an installed box?")
+            return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+
     def regular(self, path: PurePosixPath | str, resolve: Resolve = BENEATH) -> os.stat_result | None:
         """The status of ``path`` if it is a regular file (resolved by ``resolve``), else None."""
         try:
-            with opened(self.fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve=resolve) as fd:
-                status = os.fstat(fd)
+            with opened(self.fd, path, os.O_PATH, resolve=resolve) as handle:
+                status = os.fstat(handle)
         except OSError:
             return None
         return status if stat.S_ISREG(status.st_mode) else None
@@ -156,27 +167,20 @@ class Tree:
     def read(self, path: PurePosixPath | str, limit: int, resolve: Resolve = BENEATH) -> bytes:
         """A regular file's bytes, at most ``limit`` of them (TreeError otherwise)."""
         try:
-            with opened(self.fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve=resolve) as fd:
-                status = os.fstat(fd)
-                if not stat.S_ISREG(status.st_mode):
-                    raise TreeError(f"{self.target}/{str(path).lstrip('/')} is not a regular file", "is it an installed box?")
-                if status.st_size > limit:
-                    raise TreeError(
-                        f"{self.target}/{str(path).lstrip('/')} is larger than {limit} bytes", "is it an installed box?"
-                    )
-                with os.fdopen(os.dup(fd), "rb") as handle:
-                    return handle.read(limit + 1)[:limit]
+            with os.fdopen(self._open_regular(path, resolve), "rb") as handle:
+                if os.fstat(handle.fileno()).st_size > limit:
+                    where = f"{self.target}/{str(path).lstrip('/')}"
+                    raise TreeError(f"{where} is larger than {limit} bytes", "is it an installed box?")
+                return handle.read(limit + 1)[:limit]
         except OSError as exc:
             raise self._error(path, exc, "is it an installed box?") from exc
 
     def copy_out(self, path: PurePosixPath | str, dest: Path, resolve: Resolve = BENEATH) -> Path:
         """Copy a regular file of the box to ``dest`` on the host (created 0600, never through a link)."""
         try:
-            with opened(self.fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve=resolve) as fd:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise TreeError(f"{self.target}/{str(path).lstrip('/')} is not a regular file", "is it an installed box?")
+            with os.fdopen(self._open_regular(path, resolve), "rb") as source:
                 out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(os.dup(fd), "rb") as source, os.fdopen(out, "wb") as sink:
+                with os.fdopen(out, "wb") as sink:
                     shutil.copyfileobj(source, sink, 1 << 20)
         except OSError as exc:
             raise self._error(path, exc, "is it an installed box?") from exc
@@ -304,3 +308,43 @@ def _merge(new: int, old: int, skip: str = "") -> None:
         elif stat.S_ISDIR(here.st_mode):
             os.unlink(name, dir_fd=old)  # a file or a link where the new tree has a directory
         os.rename(name, name, src_dir_fd=new, dst_dir_fd=old)  # replaces a file or a link, never follows it
+
+
+ACTIONS = ("merge", "remove")
+
+
+def as_guest_root(action: str, target: Path, name: str, *, as_root: bool) -> None:
+    """``Tree(target).merge(name)`` or ``.remove(name)`` with the rights of the box's root.
+
+    A box's files belong to ids of the user's subordinate range (a dev user's 0700 home, say),
+    which the user cannot enter or change on the host; in the user namespace QEMU uses, the
+    user is their root. So unprivileged, the work runs in such a namespace (this module as a
+    program, given the paths again: it opens them as above, without following links)."""
+    if as_root:
+        with Tree(target) as tree:
+            getattr(tree, action)(name)
+        return
+    argv = wrap([sys.executable, "-m", "provisioner.tree", action, str(target), name], as_root=False)
+    result = run(argv, timeout=3600)
+    if result.returncode != 0:
+        said = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise TreeError(f"could not {action} {target / name} as the box's root: {said}", "see the message; --force starts over")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m provisioner.tree merge|remove TARGET NAME`` (see ``as_guest_root``)."""
+    action, target, name = argv
+    if action not in ACTIONS:
+        print(f"unknown action {action!r}", file=sys.stderr)
+        return 2
+    try:
+        with Tree(Path(target)) as tree:
+            getattr(tree, action)(name)
+    except (OSError, TreeError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,8 @@ in the user's state directory (``$XDG_STATE_HOME/provision-arch/boxes/NAME-HASH`
   with the guest read-only, for the install only;
 - ``scratch.img``, ``stream``, ``stream.tar`` — the stream install's disk, port and
   archive;
-- ``boot/`` — the kernel and initramfs, copied out of the tree for each boot.
+- ``boot/`` — the kernel and initramfs, copied out of the tree for each boot;
+  ``printed-boot/`` the copies a ``boot --print`` command line names.
 
 ``Workspace`` is the one owner of these paths; no other module joins them.
 """
@@ -51,10 +52,12 @@ class Workspace:
     @classmethod
     def of(cls, target: Path, home: Path | None = None) -> Workspace:
         """The workspace of ``target``, in ``home`` (default: ``state_home()``)."""
-        target = Path(os.path.abspath(target))
-        parent = Path(os.path.realpath(target.parent)) / target.name  # the same box by any path to its directory
-        key = hashlib.sha256(os.fsencode(parent)).hexdigest()[:16]
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", target.name)[:40] or "root"
+        target = Path.cwd() / target  # absolute, but not normalised: link/../box is not ./box
+        # The directory the kernel reaches, by any path to it. (A target that is itself a link
+        # is refused where it is opened; its own name keys it then.)
+        real = os.path.realpath(target.parent) + "/" + target.name if target.is_symlink() else os.path.realpath(target)
+        key = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(real))[:40] or "root"
         return cls(target, (home or state_home()) / "boxes" / f"{name}-{key}")
 
     def create(self) -> Path:
@@ -102,6 +105,11 @@ class Workspace:
     @property
     def boot(self) -> Path:
         return self.root / "boot"
+
+    @property
+    def printed_boot(self) -> Path:
+        """The copies ``boot --print`` names in its command line (kept until the next --print)."""
+        return self.root / "printed-boot"
 
     @property
     def leftovers(self) -> tuple[Path, ...]:

@@ -1,7 +1,5 @@
-"""Attacks on the hostile-guest design that still get through (review of d5f571e/bf8cb08).
-
-Each test shows one weakness and is marked xfail(strict=True) until it is fixed; see the
-reason of each. The fake QEMU runs config commands on the host as the test's user with the
+"""Attacks on the hostile-guest design found in a review of d5f571e/bf8cb08; each failed
+before its fix. The fake QEMU runs config commands on the host as the test's user with the
 tree as the working directory, which is what the guest's root does to the tree: over a 9p
 share with security_model=passthrough, and in the archive a stream install unpacks.
 """
@@ -21,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.cli import app
+from provisioner.errors import ExitCode
 from tests.helpers import installed_box
 from tests.orchestration.conftest import Fake
 
@@ -49,33 +48,26 @@ PLANT = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the guest's setuid files (owned by the invoking user: root here, the user's own uid under "
-    "--map-root-user) and, as root, its device nodes stay real on the host, and finish() opens the target 0755",
-)
 @pytest.mark.parametrize("via", ["stream", "9p"])
 def test_the_guests_setuid_files_and_devices_are_not_left_to_other_host_users(
     via: str, install: Any, fake: Fake, tmp_path: Path, open_parent: Path
 ) -> None:
+    """As root, a box's setuid-root files and device nodes are real on the host (and a booted box
+    can make more at any time): an install into a directory others can reach is refused."""
     config = tmp_path / "box.toml"
     config.write_text(f'commands = ["{PLANT}"]\n')
     box = open_parent / "box"
     run = install("--config", str(config), "--install-via", via, target=box)
+    assert run.exit_code == ExitCode.HOST, run.stderr
+    assert "reachable by other users" in run.events[-1]["message"] and "chmod 700" in run.events[-1]["hint"]
+    assert not box.exists() and len(fake.launches()) == 0
+    closed = open_parent / "closed"
+    closed.mkdir(mode=0o700)
+    run = install("--config", str(config), "--install-via", via, target=closed / "box")
     assert run.exit_code == 0, run.stderr
-    shell, device = box / "suid-shell", box / "host-loop0"
-    assert shell.lstat().st_mode & stat.S_ISUID and shell.lstat().st_uid == os.geteuid()
-    assert stat.S_ISBLK(device.lstat().st_mode)
-    assert not reachable_by_others(shell), "any local user runs the guest's setuid shell as the installing user"
-    assert not reachable_by_others(device), "any local user reads and writes the host's /dev/loop0"
+    assert not reachable_by_others(closed / "box/suid-shell") and not reachable_by_others(closed / "box/host-loop0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="boot --print (qemu._installed without KernelFiles) prints the tree's own boot file paths: QEMU, run "
-    "as printed, follows the box's boot/initramfs-linux.img -> ~/.ssh/id_ed25519 on the host, while check_box "
-    "resolved it IN_ROOT to a decoy inside the box",
-)
 def test_the_printed_boot_command_loads_no_host_file(tmp_path: Path) -> None:
     victim = tmp_path / "victim/.ssh/id_ed25519"
     victim.parent.mkdir(parents=True)

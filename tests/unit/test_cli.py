@@ -12,6 +12,7 @@ from provisioner.cli import app
 from provisioner.config import Accel, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
 from provisioner.session import Session
+from provisioner.workspace import Workspace
 from tests.helpers import installed_box, password_file
 
 runner = CliRunner()
@@ -54,7 +55,9 @@ def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.output.strip())
     assert "qemu-system-x86_64" in argv
-    assert argv[argv.index("-kernel") + 1] == f"{base}/boot/vmlinuz-linux"
+    kernel = Path(argv[argv.index("-kernel") + 1])
+    assert kernel == Workspace.of(base).printed_boot / "vmlinuz-linux", "a copy: the printed command loads nothing from the tree"
+    assert kernel.read_bytes() == (base / "boot/vmlinuz-linux").read_bytes()
     assert argv[argv.index("-append") + 1].startswith("root=fsRoot rw rootfstype=9p")
 
 
