@@ -146,7 +146,8 @@ class Config:
         in_manifest=True,
     )
     pacman_sandbox: bool = option(
-        False, "Keep pacman 7's download sandbox on in the installed system, though it misfires on a 9p root (README 'pacman 7')."
+        True, "pacman 7's download sandbox in the installed system, on as Arch ships it; off if pacman reports a Landlock "
+        "error (docs/pacman7.md).",
     )
     mirror: str | None = option(
         None, "Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (mirror= on the ISO's kernel command line).",

@@ -220,7 +220,7 @@ def pacman_sandbox(con: Console, timeout: float) -> str | None:
         return None  # no pacman in the target, or one without a sandbox
     con.check(enable_option(f"{MNT}/etc/pacman.conf", switch), timeout, hint="the installed /etc/pacman.conf has no [options]")
     shown = ".".join(map(str, version))
-    why = "its Landlock sandbox misfires on a 9p root; --pacman-sandbox keeps it"
+    why = "--no-pacman-sandbox; pacman's other defences stay"
     return f"pacman {shown}: set {switch} in /etc/pacman.conf ({why})"
 
 

@@ -176,11 +176,15 @@ def test_no_password_hash_is_ever_typed_passed_or_logged(devbox: Run, fake: Fake
 
 def test_pacman_conf_gets_the_sandbox_switch_once(devbox: Run, install: Any, tmp_path: Path) -> None:
     conf = tmp_path / "base/etc/pacman.conf"
+    assert "DisableSandboxFilesystem" not in conf.read_text().splitlines(), "the sandbox stays on unless asked"
+    # A second run over the same target, now without the sandbox: accounts are brought up to
+    # date, not added twice, and the switch is set once.
+    again = install("--config", str(tmp_path / "box.toml"), "--force", "--no-pacman-sandbox")
+    assert again.exit_code == 0, again.stderr
     lines = conf.read_text().splitlines()
     assert lines[lines.index("[options]") + 1] == "DisableSandboxFilesystem"
-    assert any(e["type"] == "note" and "DisableSandboxFilesystem" in e["message"] for e in devbox.events)
-    # A second run over the same target: accounts are brought up to date, not added twice.
-    again = install("--config", str(tmp_path / "box.toml"), "--force")
+    assert any(e["type"] == "note" and "DisableSandboxFilesystem" in e["message"] for e in again.events)
+    again = install("--config", str(tmp_path / "box.toml"), "--force", "--no-pacman-sandbox")
     assert again.exit_code == 0, again.stderr
     assert conf.read_text().splitlines().count("DisableSandboxFilesystem") == 1
     passwd = (tmp_path / "base/etc/passwd").read_text()
@@ -189,7 +193,8 @@ def test_pacman_conf_gets_the_sandbox_switch_once(devbox: Run, install: Any, tmp
 
 @pytest.mark.parametrize(
     ("version", "args", "expected"),
-    [("7.0.0", (), "DisableSandbox"), ("6.0.2", (), None), ("7.1.0", ("--pacman-sandbox",), None)],
+    [("7.0.0", ("--no-pacman-sandbox",), "DisableSandbox"), ("6.0.2", ("--no-pacman-sandbox",), None),
+     ("7.1.0", ("--no-pacman-sandbox",), "DisableSandboxFilesystem"), ("7.1.0", (), None)],
 )
 def test_pacman_conf_by_version(
     version: str, args: tuple[str, ...], expected: str | None, install: Any, fake: Fake, tmp_path: Path,
