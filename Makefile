@@ -56,10 +56,11 @@ test-fast: setup
 	$(BIN)/pytest -m 'not vm'
 
 # See the tool work without internet: build the stand-in ISO, install a box from it into
-# ./demo-base with a generated root password (printed once), print the boot command.
-DEMO ?= ./demo-base
+# ./demo/base with a generated root password (printed once), print the boot command. ./demo is
+# closed to other users (0700): the box's setuid files are yours (as root: root's) on the host.
+DEMO ?= ./demo/base
 demo: test-deps setup
-	@iso=$$($(BIN)/python -m tests.standin.build | tail -n 1) && \
+	@mkdir -p -m 700 "$(dir $(DEMO))" && iso=$$($(BIN)/python -m tests.standin.build | tail -n 1) && \
 	pw=$$(mktemp) && trap 'rm -f "$$pw"' EXIT && \
 	$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))' > "$$pw" && \
 	echo "root password of $(DEMO) (shown once): $$(cat "$$pw")" && \

@@ -15,7 +15,6 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -51,9 +50,11 @@ from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, die_with_parent, parse_forward, resolve_accel
-from provisioner.runbox import TRANSCRIPT, RunRequest, run_in_box
-from provisioner.session import STATE, Session, locked
+from provisioner.qemu import Hardware, parse_forward, resolve_accel
+from provisioner.run import call
+from provisioner.runbox import RunRequest, run_in_box
+from provisioner.session import Session
+from provisioner.workspace import Workspace
 
 FILE_ONLY = [row.name for row in option_table() if not row.option.in_cli]
 EPILOG = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in EXIT_CODES.items())
@@ -306,8 +307,8 @@ def boot(
             print(describe(target, hw, fs, as_root=root, forwards=forwards))
             return
         # One provision-arch per target: no boot of a tree an install or a run is writing.
-        with locked(target), boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
-            status = subprocess.call(argv, preexec_fn=die_with_parent)
+        with Workspace.of(target).locked(), boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
+            status = call(argv)
     raise typer.Exit(status)
 
 
@@ -348,7 +349,7 @@ def run(
             events.sinks.append(_print_output)
         request = RunRequest(target, tuple(command), user, memory, cpus, accel, timeout, machine)
         status = run_in_box(request, events)
-        transcript = target / STATE / TRANSCRIPT
+        transcript = Workspace.of(target).run_transcript
         paths = {"target": str(target), "transcript": str(transcript)}
         message = f"{shlex.join(command)} exited with status {status} in {target}"
         events.emit(RunResult("ok", message, round(time.monotonic() - started, 3), paths, status))

@@ -146,7 +146,8 @@ class Config:
         in_manifest=True,
     )
     pacman_sandbox: bool = option(
-        False, "Keep pacman 7's download sandbox on in the installed system, though it misfires on a 9p root (README 'pacman 7')."
+        True, "pacman 7's download sandbox in the installed system, on as Arch ships it; off if pacman reports a Landlock "
+        "error (docs/pacman7.md).",
     )
     mirror: str | None = option(
         None, "Arch mirror for the guest, e.g. https://geo.mirror.pkgbuild.com (mirror= on the ISO's kernel command line).",
@@ -183,7 +184,7 @@ class Config:
     refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")
     timeout_scale: float = option(1.0, "Multiply every timeout (slow machines, big package sets).", metavar="X")
     log: Path | None = option(
-        None, "Console transcript file.", metavar="FILE", default_text="TARGET/.provision-arch/console.log",
+        None, "Console transcript file.", metavar="FILE", default_text="console.log in the box's workspace",
         in_file=False, not_in_file="a config file may not choose a host file that the guest's output is written to",
     )  # fmt: skip
     force: bool = option(
@@ -231,15 +232,6 @@ class Config:
         if self.snapshot is None:
             return self.mirror
         return f"{self.archive_url.rstrip('/')}/repos/{self.snapshot.replace('-', '/')}"
-
-    @property
-    def state_dir(self) -> Path:
-        """Where the run keeps its files inside the target (transcript, staged files)."""
-        return self.target / ".provision-arch"
-
-    @property
-    def transcript(self) -> Path:
-        return self.log or self.state_dir / "console.log"
 
     def __post_init__(self) -> None:
         _check(HOSTNAME_RE, self.hostname, "hostname", "letters, digits and '-', e.g. 'devbox'")

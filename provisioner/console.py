@@ -12,6 +12,7 @@ kernel panic, archiso's rescue shell, QEMU's end (EOF) and the timeout.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import IO, Any
 import pexpect
 
 from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, ProvisionError
+from provisioner.events import redact
 
 LOGIN_PROMPT = "archiso login: "
 PANIC = r"Kernel panic - not syncing[^\r\n]*"
@@ -30,29 +32,64 @@ RESCUE = r"\[rootfs ~?\]# "
 # systemd as PID 1 gave up (e.g. "Failed to allocate manager object" when systemd-executor
 # is missing): it hangs for ever, so any wait ends here, with the lines before it.
 FROZEN = r"Freezing execution"
-# A line longer than the tty's canonical buffer (4095) would be cut silently.
+# A line longer than the tty's canonical buffer (4095 bytes, not characters) would be cut silently.
 MAX_COMMAND = 3500
+
+
+class Redactor:
+    """Secrets out of a stream of text that arrives in pieces: a secret split across two reads
+    is caught, because the end of each piece that could begin a secret is held back until the
+    next piece (or the end) says what it is."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
+        self._held = ""
+
+    def feed(self, data: str) -> str:
+        """The text that is certainly safe to pass on now."""
+        text = redact(self._held + data, self.secrets)
+        keep = max((_overlap(text, secret) for secret in self.secrets), default=0)
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What is held back, at the end of the stream (it cannot be a whole secret)."""
+        held, self._held = self._held, ""
+        return held
+
+
+def _overlap(text: str, secret: str) -> int:
+    """The length of the longest end of ``text`` that is a proper beginning of ``secret``."""
+    for size in range(min(len(secret) - 1, len(text)), 0, -1):
+        if text.endswith(secret[:size]):
+            return size
+    return 0
 
 
 class Transcript:
     """The console transcript file: everything the guest printed, secrets redacted.
 
     Used as pexpect's ``logfile_read``. ``on_line`` sees each complete line, for the
-    progress display.
+    progress display. The file is the workspace's (out of the guest's reach) or the user's
+    ``--log``; it is opened without following a link and made 0600: it is the guest's
+    output, which may show what the user would not share.
     """
 
     def __init__(self, path: Path, redact: tuple[str, ...] = (), on_line: Callable[[str], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file: IO[str] = path.open("a", encoding="utf-8", errors="replace")
-        self._redact = tuple(secret for secret in redact if secret)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+        self._redactor = Redactor(redact)
         self.on_line = on_line
         self._partial = ""
 
     def write(self, data: str) -> None:
-        for secret in self._redact:
-            data = data.replace(secret, "<redacted>")
-        self._file.write(data.replace("\x00", ""))
+        # NULs out first (archiso pads its prompt with them): a hash with one inside is still the hash.
+        self._emit(self._redactor.feed(data.replace("\x00", "")))
+
+    def _emit(self, data: str) -> None:
+        self._file.write(data)
         if self.on_line is not None:
             self._partial += data
             *lines, self._partial = self._partial.replace("\r", "\n").split("\n")
@@ -69,7 +106,9 @@ class Transcript:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self._emit(self._redactor.flush())
+            self._file.close()
 
 
 @dataclass(frozen=True)
@@ -87,7 +126,7 @@ class Console:
         child.delaybeforesend = None
         self.scale = scale
         self.nonce = secrets.token_hex(4)
-        self.prompt_re = re.compile(rf"PA_{self.nonce}_(\d+)_PROMPT> ")
+        self.prompt_re = re.compile(rf"PA_{self.nonce}_([0-9]+)_PROMPT> ")
         self.ps2 = f"PA_{self.nonce}_CONTINUATION> "
 
     # -- waiting -----------------------------------------------------------------------
@@ -180,8 +219,9 @@ class Console:
 
     def run(self, command: str, timeout: float = 120.0) -> Result:
         """Run one shell command line; return its status and output."""
-        if "\n" in command or len(command) > MAX_COMMAND:
-            raise ProvisionError(f"internal: command unfit for the console ({len(command)} chars or a newline)")
+        size = len(command.encode("utf-8"))
+        if "\n" in command or size > MAX_COMMAND:
+            raise ProvisionError(f"internal: command unfit for the console ({size} bytes or a newline)")
         self.child.send(command + "\r")
         matched = self.expect(
             {"prompt": self.prompt_re.pattern, "continuation": re.escape(self.ps2)},

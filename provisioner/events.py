@@ -145,13 +145,41 @@ class Error(Event):
 Sink = Callable[[Event], None]
 
 
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 class Bus:
-    """Hands every event to every sink, in order; times steps."""
+    """Hands every event to every sink, in order; times steps.
+
+    Every text field of every event is redacted of the secrets the run registered with
+    ``hide()`` (the password hashes) before any sink sees it: a message, an error's details
+    (guest output), a note. So no consumer, display or --json, can leak one."""
 
     def __init__(self, *sinks: Sink) -> None:
         self.sinks = list(sinks)
+        self._secrets: tuple[str, ...] = ()
+
+    def hide(self, *secrets: str) -> None:
+        """Never let these strings through (longest first, so none is left half-replaced)."""
+        self._secrets = tuple(sorted({*self._secrets, *(secret for secret in secrets if secret)}, key=len, reverse=True))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
 
     def emit(self, event: Event) -> None:
+        if self._secrets:
+            texts = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+            changed = {
+                name: redact(value.replace("\x00", ""), self._secrets) for name, value in texts.items() if isinstance(value, str)
+            }
+            event = dataclasses.replace(event, **changed)
         for sink in self.sinks:
             sink(event)
 

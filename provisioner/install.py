@@ -4,7 +4,11 @@
 table read; ``plan(cfg)`` adds the dev-box steps a config asks for (users, files,
 services, and one step per command) before the unmount. Each step is a small function of
 the console, the run's session and its timeout. Values reach the guest shell only through
-``shlex.quote`` or as files the session staged on the 9p share.
+``shlex.quote`` or as files the session staged on the read-only stage share.
+
+The guest is not trusted (see ``workspace`` and ``tree``): it reads the stage and writes
+the target (over 9p), or sends the tree as one archive (stream), which the host unpacks
+only after QEMU has ended, into a target the guest never saw.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote as q
 
-from provisioner import stream
+from provisioner import stream, unpack
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
 from provisioner.config import Config, InstallVia, box_record
 from provisioner.console import Console, Transcript
@@ -27,23 +31,23 @@ from provisioner.iso import read_boot_files
 from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
 from provisioner.pacman import enable_option, parse_version, sandbox_switch
-from provisioner.preflight import is_root
-from provisioner.qemu import CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STREAM_PORT
-from provisioner.session import STAGE, STATE, Session, locked
+from provisioner.preflight import is_root, reachable_by_others
+from provisioner.qemu import BOX_INITRD, BOX_KERNEL, CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STAGE_TAG, STREAM_PORT
+from provisioner.session import RUN_ID, SCRATCH_SIZE, Session
 from provisioner.staged import StagedFile
 from provisioner.state import State, save
-from provisioner.stream import TAR_KEEP, Receiver, extract
+from provisioner.stream import TAR_KEEP, Receiver
+from provisioner.tree import IN_ROOT, Tree, as_guest_root
 from provisioner.users import User
 
 MNT = "/mnt"
-GUEST_STATE = f"{MNT}/{STATE}"  # the target's state directory as the guest sees it
-GUEST_STAGE = f"{GUEST_STATE}/{STAGE}"
+GUEST_STAGE = "/run/provision-arch/stage"  # the stage share, in the live system (never in the target)
+STAGE_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,msize={MSIZE},ro"
 # During the install the guest is the share's only writer, so the non-coherent `loose`
 # cache is safe, and file creation is several times faster than the seed's cache=mmap.
 INSTALL_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,posixacl,msize={MSIZE},cache=loose"
 CACHE_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,msize={MSIZE}"
 LIVE_CACHE = "/var/cache/pacman/pkg"
-SHARE = "/share"  # the stream install's mount of the share (the tree is built at /mnt)
 SCRATCH = f"/dev/disk/by-id/virtio-{SCRATCH_SERIAL}"
 SERVICES = ("systemd-networkd.service", "systemd-resolved.service")
 INITRAMFS = "/boot/initramfs-linux.img"
@@ -62,9 +66,10 @@ class Step:
     resumable: bool = False  # works on the target and is recorded in state.json: a resumed run skips it when done
 
 
-def staged(file: StagedFile, *, chroot: bool = False) -> str:
-    """Where the guest finds a staged file: in the live system, or inside the chroot."""
-    return f"{'' if chroot else MNT}/{STATE}/{STAGE}/{file.stage_name}"
+def staged(file: StagedFile) -> str:
+    """Where the live system finds a staged file (the chroot does not see the stage: a file
+    goes in on a command's standard input)."""
+    return f"{GUEST_STAGE}/{file.stage_name}"
 
 
 def chrooted(command: str) -> str:
@@ -102,6 +107,13 @@ def wait_keyring(con: Console, session: Session, timeout: float) -> None:
 
 
 def mount_target(con: Console, session: Session, timeout: float) -> None:
+    # The stage first, read-only, in the live system's own /run; then prove it is this run's.
+    con.check(
+        f"mkdir -p {GUEST_STAGE} && mount -t 9p -o {STAGE_MOUNT_OPTIONS} {STAGE_TAG} {GUEST_STAGE} && "
+        f"grep -qx {q(session.run_id)} {GUEST_STAGE}/{RUN_ID}",
+        timeout,
+        hint="the ISO's kernel could not mount the stage share (9p), or it is not this run's",
+    )
     if session.stream is None:
         con.check(
             f"mkdir -p {MNT} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {MNT}",
@@ -109,14 +121,11 @@ def mount_target(con: Console, session: Session, timeout: float) -> None:
             hint="the ISO's kernel could not mount the 9p share",
         )
     else:
-        # The tree is built on the scratch disk at /mnt; the share is at /share, and its state
-        # directory (the staged files) is bound into /mnt, where the steps look for it.
+        # The tree is built on the scratch disk; the target is not shared with the guest at all.
         con.check(
-            f"mkdir -p {SHARE} && mount -t 9p -o {INSTALL_MOUNT_OPTIONS} {MOUNT_TAG} {SHARE} && "
-            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount {SCRATCH} {MNT} && "
-            f"mkdir -p {GUEST_STATE} && mount --bind {SHARE}/{STATE} {GUEST_STATE}",
+            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount {SCRATCH} {MNT}",
             timeout,
-            hint="the scratch disk or the 9p share did not mount; --install-via 9p does without the disk",
+            hint="the scratch disk did not mount; --install-via 9p does without the disk",
         )
     if session.cfg.cache_packages:
         # The live system's own cache: the keyring refresh and `pacstrap -c` both fill it. No
@@ -126,12 +135,6 @@ def mount_target(con: Console, session: Session, timeout: float) -> None:
             timeout,
             hint="the package cache share did not mount; try --no-cache-packages",
         )
-    # Prove that /mnt is this run's target and not something else.
-    con.check(
-        f"grep -qx {q(session.run_id)} {GUEST_STATE}/run-id",
-        timeout,
-        hint="the share mounted at /mnt is not the target directory",
-    )
 
 
 def refresh_keyring(con: Console, session: Session, timeout: float) -> None:
@@ -157,13 +160,13 @@ def pacstrap(con: Console, session: Session, timeout: float) -> None:
 
 def pacman_hint(output: str) -> str:
     """The fix for what pacman said, from its own words."""
-    if missing := re.findall(r"target not found: (\S+)", output):
+    if missing := re.findall(r"target not found: (\S+)", output, re.ASCII):
         return f"no package named {', '.join(missing)} in the repositories; check the spelling (pacman -Ss NAME)"
     if "No space left on device" in output or "not enough free disk space" in output:
         return "the target's file system is full: free some space (df -h TARGET) and run again with --force"
     if re.search(r"failed retrieving file|Could not resolve host|failed to synchronize", output):
         return "the guest could not reach the package mirror: check the network, or give another with --mirror URL"
-    if corrupt := re.findall(r"File (\S+) is corrupted", output):
+    if corrupt := re.findall(r"File (\S+) is corrupted", output, re.ASCII):
         names = ", ".join(name.rsplit("/", 1)[-1] for name in corrupt)
         return f"a cached package did not match its checksum ({names}; pacman removed it): run again, or use --no-cache-packages"
     return "see pacman's output above and the transcript"
@@ -173,18 +176,20 @@ def install_file(con: Console, file: StagedFile, timeout: float, *, chroot: bool
     """Put one staged file in place with its mode and owner.
 
     In the chroot, the owner's name is looked up in the installed system's passwd (a
-    configured user exists only there); outside it, in the live system's (root only).
+    configured user exists only there), and the file comes in on standard input; outside
+    it, the live system's passwd (root only) and the staged file itself.
     """
-    where = str(file.guest_path) if chroot else MNT + str(file.guest_path)
-    command = f"install -D -m {file.mode:04o} -o {q(file.user)} -g {q(file.group)} {q(staged(file, chroot=chroot))} {q(where)}"
-    con.check(chrooted(command) if chroot else command, timeout, hint=hint)
+    mode = f"-m {file.mode:04o} -o {q(file.user)} -g {q(file.group)}"
+    if chroot:
+        command = f"{chrooted(f'install -D {mode} /dev/stdin {q(str(file.guest_path))}')} < {q(staged(file))}"
+    else:
+        command = f"install -D {mode} {q(staged(file))} {q(MNT + str(file.guest_path))}"
+    con.check(command, timeout, hint=hint)
 
 
 def chpasswd(con: Console, file: StagedFile, timeout: float) -> None:
-    """Set passwords from a staged chpasswd -e file; only its path crosses the console, and it goes at once."""
-    path = staged(file)
-    con.check(f"{chrooted('chpasswd -e')} < {q(path)}", timeout)
-    con.check(f"rm -f {q(path)}", timeout)
+    """Set passwords from a staged chpasswd -e file; only its path crosses the console."""
+    con.check(f"{chrooted('chpasswd -e')} < {q(staged(file))}", timeout)
 
 
 def configure(con: Console, session: Session, timeout: float) -> str | None:
@@ -215,7 +220,7 @@ def pacman_sandbox(con: Console, timeout: float) -> str | None:
         return None  # no pacman in the target, or one without a sandbox
     con.check(enable_option(f"{MNT}/etc/pacman.conf", switch), timeout, hint="the installed /etc/pacman.conf has no [options]")
     shown = ".".join(map(str, version))
-    why = "its Landlock sandbox misfires on a 9p root; --pacman-sandbox keeps it"
+    why = "--no-pacman-sandbox; pacman's other defences stay"
     return f"pacman {shown}: set {switch} in /etc/pacman.conf ({why})"
 
 
@@ -236,7 +241,8 @@ def build_initramfs(con: Console, session: Session, timeout: float) -> str | Non
         raise CommandFailed(result.command, result.status, result.output, hint)
     listing = con.check(f"arch-chroot {MNT} lsinitcpio {INITRAMFS}", timeout, hint=hint)
     builtin = con.run(f"cat {MNT}/usr/lib/modules/*/modules.builtin", 30).output
-    have = {name.replace("-", "_") for name in re.findall(r"([\w-]+)\.ko(?:\.\w+)?\s*$", listing + "\n" + builtin, re.M)}
+    modules = re.findall(r"([\w-]+)\.ko(?:\.\w+)?\s*$", listing + "\n" + builtin, re.M | re.ASCII)
+    have = {name.replace("-", "_") for name in modules}
     if missing := sorted(set(NINEP_MODULES) - have):
         raise CommandFailed(
             result.command,
@@ -292,7 +298,7 @@ def add_user(con: Console, user: User, timeout: float) -> None:
         con.check(chrooted(f"useradd -m -U{options} {q(user.name)}"), timeout, hint=f"see useradd's message ({user.key})")
         return
     fields = entry.output.strip().split(":")
-    if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < FIRST_UID:
+    if len(fields) < 3 or not re.fullmatch(r"[0-9]+", fields[2]) or int(fields[2]) < FIRST_UID:
         raise CommandFailed(
             f"useradd {user.name}",
             9,  # useradd's status for a name in use
@@ -333,29 +339,26 @@ def command_step(index: int, command: str) -> Step:
 
 
 def send_tree(con: Console, session: Session, timeout: float) -> str:
-    """Stream install: the tree goes to the host as one tar, checked by its sha256 before it is unpacked."""
-    archive = session.state_dir / "stream.tar"
+    """Stream install: the tree goes to the host as one tar into a file of the workspace,
+    checked by its sha256 and bounded in size; it is unpacked once QEMU has ended."""
     assert session.stream is not None  # the step is enabled only then
-    with Receiver(session.stream.pipe.with_name(session.stream.pipe.name + ".out"), archive) as receiver:
-        # Busybox runs its own applets before PATH, so GNU tar by its path. The share's bind
-        # mount is no part of the tree, nor is the scratch file system's lost+found.
+    out = session.stream.pipe.with_name(session.stream.pipe.name + ".out")
+    with Receiver(out, session.workspace.archive, limit=STREAM_LIMIT) as receiver:
+        # Busybox runs its own applets before PATH, so GNU tar by its path. The scratch file
+        # system's lost+found is no part of the tree.
         keep = " ".join(q(flag) for flag in (*TAR_KEEP, "--sparse", "--one-file-system", "--exclude=./lost+found"))
         result = con.check(
-            f"umount {GUEST_STATE} && rmdir {GUEST_STATE} && (set -o pipefail; cd {MNT} && "
-            f"/usr/bin/tar -c {keep} -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            f"(set -o pipefail; cd {MNT} && /usr/bin/tar -c {keep} -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
         sha256 = result.split()[0] if result.split() else ""
         size = receiver.wait_for(sha256, stream.SETTLE)
-    extract(archive, session.target, as_root=is_root())
-    archive.unlink()
-    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (sha256 {sha256[:12]}…) and was unpacked into {session.target}"
+    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (sha256 {sha256[:12]}…); it is unpacked once the guest is gone"
 
 
 def unmount(con: Console, session: Session, timeout: float) -> None:
-    mounts = MNT if session.stream is None else f"{MNT} {SHARE}"
-    con.check(f"sync && umount {mounts}", timeout, hint="something still uses the target; see the transcript")
+    con.check(f"sync && umount {MNT}", timeout, hint="something still uses the target; see the transcript")
 
 
 STEPS: list[Step] = [
@@ -382,6 +385,11 @@ STEPS: list[Step] = [
     Step("unmount", "Syncing and unmounting the target", unmount, 900),
 ]
 COMMAND_TIMEOUT = 3600.0  # seconds per command at --timeout-scale 1
+# The stream can hold no more than the scratch disk does; a guest that sends more is refused
+# before it fills the host's disk.
+STREAM_LIMIT = SCRATCH_SIZE + (1 << 30)
+LEGACY_STATE = ".provision-arch"  # where provision-arch up to 0.x kept its state: in the guest's reach
+UNPACK_DIR = ".provision-arch-unpack"  # in the target, while the stream is unpacked
 # The dev-box steps and the config that asks for each: a step nobody asked for is no part of
 # the run (not even a skipped one).
 DEVBOX_STEPS: list[tuple[Callable[[Config], object], Step]] = [
@@ -422,7 +430,17 @@ def provision(
     cfg = session.cfg
     if not cfg.password_hash:
         raise ProvisionError("internal: provision() needs the root password hash", "this is a bug in provision-arch")
-    with locked(cfg.target):
+    events.hide(*cfg.password_hashes)  # out of every event: guest output in an error, a note, a console line
+    with session.workspace.locked():
+        # Closed to other users while it is written: as root, its device nodes and setuid-root
+        # files are real on the host (as with debootstrap). finish() opens it as a root directory.
+        cfg.target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg.target.chmod(0o700)
+        with Tree(cfg.target) as tree:
+            legacy = tree.exists(LEGACY_STATE)
+        if legacy:
+            as_guest_root("remove", cfg.target, LEGACY_STATE, as_root=is_root())  # it may hold a staged password hash
+            events.note(f"removed {cfg.target / LEGACY_STATE}: an older provision-arch kept its state there")
         state = resume or State(box_record(cfg))
         save(cfg.target, state)
         if resume:
@@ -448,11 +466,11 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
             session.transcript, redact=cfg.password_hashes, on_line=lambda line: events.emit(ConsoleLine(line))
         )
     except OSError as exc:
-        raise HostError(f"cannot write {session.transcript}: {exc.strerror}", "check the target directory and --log") from exc
+        raise HostError(f"cannot write {session.transcript}: {exc.strerror}", "check --log and the state directory") from exc
     events.note(f"console transcript: {session.transcript}")
     try:
         with ExitStack() as machine:
-            with events.step("stage", "Staging files in the target"):
+            with events.step("stage", "Staging files for the guest"):
                 session.stage()  # inside the try: a half-written stage (the password hash!) is removed too
             with events.step("boot", "Booting the ISO and logging in"):
                 con = machine.enter_context(live_console(session, iso, boot, transcript, events))
@@ -460,6 +478,9 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
             run_steps(con, session, events, transcript, state)
             with events.step("poweroff", "Powering off"):
                 con.poweroff()
+        if session.stream is not None:
+            with events.step("unpack", "Unpacking the tree into the target"):
+                events.note(unpack_tree(session, state))
     except (BootFailed, ConsoleTimeout, CommandFailed) as exc:
         exc.hint = f"{exc.hint}; transcript: {session.transcript}" if exc.hint else f"transcript: {session.transcript}"
         raise
@@ -467,6 +488,25 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
         transcript.close()
         session.unstage()
     return finish(session, events, state, (iso, iso_sha256), expected)
+
+
+def unpack_tree(session: Session, state: State) -> str:
+    """The stream's archive into the target, now that no guest can reach either.
+
+    The archive goes into a new empty directory of the target, which is then moved over
+    whatever an older tree left there (with --force): the extractor never meets a link it did
+    not make. The state file marks the unpack, so an interrupted one is recognised next time."""
+    state.unpacking = True
+    save(session.target, state)
+    root = is_root()
+    as_guest_root("remove", session.target, UNPACK_DIR, as_root=root)
+    with Tree(session.target) as tree:
+        tree.mkdir(UNPACK_DIR, 0o700)
+    summary = unpack.unpack(session.workspace.archive, session.target / UNPACK_DIR, as_root=root, limit=STREAM_LIMIT)
+    as_guest_root("merge", session.target, UNPACK_DIR, as_root=root)
+    state.unpacking = False
+    save(session.target, state)
+    return f"unpacked {summary.entries} entries ({summary.bytes / 2**20:.0f} MiB) into {session.target}"
 
 
 def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:
@@ -493,11 +533,19 @@ def finish(session: Session, events: Bus, state: State, iso: tuple[Path, str], e
 
     ``iso`` is the ISO's path and sha256."""
     cfg = session.cfg
-    for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
-        if not (cfg.target / name).is_file():
-            raise BootFailed(
-                f"the install finished but {cfg.target / name} is missing", f"see the transcript: {session.transcript}"
-            )
+    with Tree(cfg.target) as tree:
+        missing = [name for name in (BOX_KERNEL, BOX_INITRD) if tree.regular(name, IN_ROOT) is None]
+    if missing:
+        raise BootFailed(
+            f"the install finished but {cfg.target / missing[0]} is missing", f"see the transcript: {session.transcript}"
+        )
+    cfg.target.chmod(0o755)  # the box's / (see provision())
+    if reachable_by_others(cfg.target):
+        owner = "root" if is_root() else "you"
+        events.note(
+            f"{cfg.target} is reachable by other users of this host, and the box's setuid files (sudo, su) run as "
+            f"{owner} for them: keep the box in a directory closed to others (chmod 700 its parent)"
+        )
     with events.step("manifest", "Writing the manifest"):
         manifest = write_manifest(cfg, *iso)
         if expected and (differ := compare(expected.packages, installed_packages(cfg.target))):

@@ -20,7 +20,8 @@ from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout
 from provisioner.events import Bus
 from provisioner.iso import BootFiles
-from provisioner.qemu import Hardware, Machine, install_argv, resolve_accel, wrap
+from provisioner.qemu import Hardware, Machine, install_argv, resolve_accel
+from provisioner.run import wrap
 from provisioner.session import Session
 
 KVM_FIRST_WORDS = 30.0  # seconds for a KVM guest's kernel to print its banner
@@ -32,7 +33,9 @@ def _machine(session: Session, accel: Accel, iso: Path, boot: BootFiles, transcr
     cfg = session.cfg
     hw = Hardware(memory=cfg.memory, cpus=cfg.cpus, accel=accel)
     cache = cfg.package_cache if cfg.cache_packages else None
-    argv = install_argv(hw, iso, boot, cfg.target, mirror=cfg.guest_mirror, package_cache=cache, stream=session.stream)
+    argv = install_argv(
+        hw, iso, boot, cfg.target, session.stage_dir, mirror=cfg.guest_mirror, package_cache=cache, stream=session.stream
+    )
     argv = wrap(argv, as_root=preflight.is_root())
     transcript.note(f"starting QEMU ({accel.value})")
     return Machine(argv, logfile=transcript)

@@ -1,9 +1,9 @@
 """What was built: the manifest a finished install leaves, and rebuilding from one.
 
-``TARGET/.provision-arch/manifest.json`` records the tool version, the ISO (file name and
+``manifest.json`` in the box's workspace (see ``workspace``) records the tool version, the ISO (file name and
 sha256), the snapshot day, the options that define the box and their digest (no secrets,
 no host paths), and every installed package with its exact version, read from the
-target's own pacman database. ``--from-manifest`` rebuilds the same box and compares.
+target's own pacman database (read without following the guest's links). ``--from-manifest`` rebuilds the same box and compares.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any
 from provisioner import __version__
 from provisioner.config import Config, box_record
 from provisioner.errors import ExitCode, ProvisionError, UsageError
-from provisioner.session import STATE
+from provisioner.tree import Tree
+from provisioner.workspace import Workspace
 
-MANIFEST = "manifest.json"
 FORMAT = 1
+DESC_LIMIT = 1 << 20  # a package's desc file is a few kB
 DESC_FIELD = re.compile(r"^%(NAME|VERSION)%\n(.+)$", re.M)
 
 
@@ -34,10 +35,17 @@ def digest(record: dict[str, Any]) -> str:
 def installed_packages(target: Path) -> dict[str, str]:
     """name -> version for every package in the target's local pacman database."""
     packages = {}
-    for desc in sorted((target / "var/lib/pacman/local").glob("*/desc")):
-        fields = dict(DESC_FIELD.findall(desc.read_text(encoding="utf-8", errors="replace")))
-        if "NAME" in fields and "VERSION" in fields:
-            packages[fields["NAME"]] = fields["VERSION"]
+    local = "var/lib/pacman/local"
+    with Tree(target) as tree:
+        try:
+            entries = sorted(tree.listdir(local))
+        except OSError:
+            return {}
+        for entry in entries:
+            desc = tree.regular_text(f"{local}/{entry}/desc", DESC_LIMIT)
+            fields = dict(DESC_FIELD.findall(desc or ""))
+            if "NAME" in fields and "VERSION" in fields:
+                packages[fields["NAME"]] = fields["VERSION"]
     return packages
 
 
@@ -61,11 +69,9 @@ def write_manifest(cfg: Config, iso: Path, iso_sha256: str) -> Path:
         "config_digest": digest(record),
         "packages": installed_packages(cfg.target),
     }
-    path = cfg.target / STATE / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    workspace = Workspace.of(cfg.target)
+    workspace.write_private(workspace.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return workspace.manifest
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class Manifest:
 
 
 def load_manifest(path: Path) -> Manifest:
-    hint = "give a manifest.json written by provision-arch (TARGET/.provision-arch/manifest.json)"
+    hint = "give a manifest.json written by provision-arch (an install prints its path)"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:

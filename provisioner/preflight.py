@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,9 +22,10 @@ import pexpect
 
 from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
-from provisioner.run import NotFound, run
-from provisioner.session import LOCK, STATE, busy, held_by_another
+from provisioner.run import NotFound, run, wrap
+from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
+from provisioner.workspace import Workspace
 
 KVM_PROBE = 20.0  # seconds for a KVM guest's kernel to speak; under working KVM it takes well under one
 MIN_FREE = 2 << 30  # an Arch base with a kernel takes about 1.5 GiB
@@ -109,7 +111,8 @@ def _has_range(path: Path, user: str, uid: str) -> bool:
         return False
     for line in lines:
         fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] in (user, uid) and fields[2].isdigit() and int(fields[2]) > 1000:
+        count = fields[2] if len(fields) == 3 else ""
+        if fields[0] in (user, uid) and count.isascii() and count.isdigit() and int(count) > 1000:
             return True
     return False
 
@@ -118,7 +121,7 @@ def check_userns_allowed(sysctl: Path | None = None) -> Iterator[Problem]:
     """Create a user namespace for real; when that fails, name the kernel switch that forbids it."""
     sysctl = sysctl or SYSCTL
     try:
-        probe = run(["unshare", "--map-auto", "--map-root-user", "true"])
+        probe = run(wrap(["true"], as_root=False))
     except NotFound:
         return  # check_unshare says so
     if probe.returncode == 0:
@@ -151,12 +154,32 @@ def check_user_namespace(user: str | None = None, etc: Path = Path("/etc")) -> I
             return
 
 
-def check_target(target: Path, force: bool) -> Iterator[Problem]:
-    if target.is_dir() and held_by_another(target):
-        yield Problem(*busy(target, target / STATE / LOCK))
+def reachable_by_others(target: Path) -> bool:
+    """Whether other users of the host can reach ``target``: every directory above it lets them through (o+x)."""
+    path = _existing_parent(target.absolute().parent)
+    return all(directory.stat().st_mode & stat.S_IXOTH for directory in [path, *path.parents])
+
+
+def check_target(target: Path, force: bool, *, root: bool = False) -> Iterator[Problem]:
+    workspace = Workspace.of(target)
+    if workspace.held_by_another():
+        yield Problem(*workspace.busy())
+        return
+    if target.is_symlink():
+        yield Problem(f"{target} is a symbolic link", f"give the directory it points to: {target.resolve()}")
         return
     if target.exists() and not target.is_dir():
         yield Problem(f"{target} exists and is not a directory", "give a directory path as the target")
+        return
+    if root and reachable_by_others(target):
+        # As root, the box's setuid-root files and device nodes are real on the host, and the
+        # guest can make more whenever it runs: other users must not reach them.
+        yield Problem(
+            f"{target} is reachable by other users of this host, and as root the box's setuid files and device "
+            "nodes are real there",
+            f"put it under a directory closed to others (chmod 700 {_existing_parent(target.absolute().parent)}), "
+            "or run provision-arch as your own user",
+        )
         return
     if target.is_dir():
         entries = [entry.name for entry in target.iterdir()]
@@ -189,8 +212,8 @@ def check_target_filesystem(target: Path, root: bool, mountinfo: Path | None = N
         # Probe inside the target only (nothing outside it is touched): guest root chowns files to
         # other ids, as root directly, else inside the user namespace QEMU runs in.
         with tempfile.NamedTemporaryFile(dir=target, prefix=".provision-arch-probe-") as probe:
-            argv = ["chown", "1:1", probe.name]
-            result = run(argv if root else ["unshare", "--map-auto", "--map-root-user", *argv])
+            argv = ["chown", "-h", "1:1", probe.name]
+            result = run(wrap(argv, as_root=root))
         if result.returncode != 0:
             yield Problem(f"{where} does not keep file ownership: {result.stderr.strip()}", fix)
 
@@ -299,12 +322,20 @@ def check_virtiofs(find: Callable[[], Virtiofsd | None] = find_virtiofsd) -> Ite
                           "install a QEMU built with vhost-user, e.g. Debian's qemu-system-x86", False)  # fmt: skip
 
 
+BOOT_FILES = ("boot/vmlinuz-linux", "boot/initramfs-linux.img")
+
+
 def check_installed(target: Path) -> Iterator[Problem]:
-    for name in ("boot/vmlinuz-linux", "boot/initramfs-linux.img"):
-        if not (target / name).is_file():
-            yield Problem(
-                f"{target / name} is missing: {target} is not an installed system", f"install first: provision-arch {target}"
-            )
+    """The boot files are regular files, resolved inside the box as the box resolves them."""
+    try:
+        with Tree(target) as tree:
+            missing = [name for name in BOOT_FILES if tree.regular(name, IN_ROOT) is None]
+    except TreeError as exc:
+        yield Problem(exc.message, exc.hint)
+        return
+    for name in missing:
+        fix = f"install first: provision-arch {target}"
+        yield Problem(f"{target / name} is missing: {target} is not an installed system", fix)
 
 
 def is_root() -> bool:
@@ -331,7 +362,7 @@ CHECKS: tuple[Check, ...] = (
     Check("subuid", "a subuid range", lambda host: check_range("subuid", host.user, host.etc), _unprivileged),
     Check("subgid", "a subgid range", lambda host: check_range("subgid", host.user, host.etc), _unprivileged),
     Check("userns", "unprivileged user namespaces", lambda host: check_userns_allowed(), _unprivileged),
-    Check("target", "the target directory", lambda host: check_target(_target(host), host.force), _has_target),
+    Check("target", "the target directory", lambda host: check_target(_target(host), host.force, root=host.root), _has_target),
     Check(
         "target-fs",
         "file ownership on the target's file system",

@@ -11,29 +11,33 @@ time for the guest to power off, then terminates it, then kills it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
 import re
 import shlex
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 import pexpect
 
 from provisioner.config import Accel, MachineType
 from provisioner.errors import HostError, UsageError
 from provisioner.iso import BootFiles
+from provisioner.run import die_with_parent
 
 log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
 MOUNT_TAG = "fsRoot"
 CACHE_TAG = "pkgcache"  # the package cache, shared during the install
+STAGE_TAG = "pastage"  # the run's staged files, shared read-only during the install
+# The box's kernel and initramfs, relative to its root.
+BOX_KERNEL = "boot/vmlinuz-linux"
+BOX_INITRD = "boot/initramfs-linux.img"
 SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virtio-pa-scratch in the guest
 STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
@@ -114,12 +118,20 @@ def _common(hw: Hardware, share: Path | None, forwards: Sequence[Forward] = ()) 
     ]  # fmt: skip
 
 
-def share_argv(tag: str, path: Path) -> list[str]:
+def share_argv(tag: str, path: Path, *, readonly: bool = False) -> list[str]:
     """A host directory shared over virtio-9p; guest ownership passes through (into the subuid range)."""
+    ro = ",readonly=on" if readonly else ""
     return [
-        "-fsdev", f"local,security_model=passthrough,multidevs=remap,id=fsdev-{tag},path={qemu_value(path.resolve())}",
+        "-fsdev", f"local,security_model=passthrough,multidevs=remap{ro},id=fsdev-{tag},path={qemu_value(path.resolve())}",
         "-device", f"virtio-9p-pci,id={tag},fsdev=fsdev-{tag},mount_tag={tag}",
     ]  # fmt: skip
+
+
+class KernelFiles(NamedTuple):
+    """The box's kernel and initramfs as QEMU loads them: copies taken out of the tree (see boot.py)."""
+
+    kernel: Path
+    initrd: Path
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,7 @@ def install_argv(
     iso: Path,
     boot: BootFiles,
     target: Path,
+    stage: Path,
     *,
     mirror: str | None = None,
     package_cache: Path | None = None,
@@ -179,7 +192,8 @@ def install_argv(
         append.append(f"mirror={mirror}")
     cache = [] if package_cache is None else share_argv(CACHE_TAG, package_cache)
     return [
-        *_common(hw, target),
+        *_common(hw, target if stream is None else None),
+        *share_argv(STAGE_TAG, stage, readonly=True),
         *cache,
         *([] if stream is None else stream_argv(stream)),
         "-kernel", str(boot.kernel),
@@ -209,24 +223,37 @@ def virtiofs_argv(tag: str, socket: Path) -> list[str]:
 
 
 def _installed(
-    hw: Hardware, target: Path, append: str, forwards: Sequence[Forward], virtiofs_socket: Path | None = None
+    hw: Hardware,
+    target: Path,
+    append: str,
+    forwards: Sequence[Forward],
+    *,
+    virtiofs_socket: Path | None = None,
+    kernel: KernelFiles | None = None,
 ) -> list[str]:
     """The installed system's kernel and initramfs, booted on its 9p root, or on virtiofs when a
-    virtiofsd listens on ``virtiofs_socket`` (it shares ``target`` then, not QEMU)."""
+    virtiofsd listens on ``virtiofs_socket`` (it shares ``target`` then, not QEMU).
+
+    ``kernel``: the copies QEMU loads; without it (``--print``) the paths in the tree."""
     root = target.resolve()
+    kernel = kernel or KernelFiles(root / BOX_KERNEL, root / BOX_INITRD)
     virtiofs = [*shared_memory_argv(hw.memory), *virtiofs_argv(MOUNT_TAG, virtiofs_socket)] if virtiofs_socket else []
     return [
         *_common(hw, None if virtiofs_socket else target, forwards),
         *virtiofs,
-        "-kernel", str(root / "boot/vmlinuz-linux"),
-        "-initrd", str(root / "boot/initramfs-linux.img"),
+        "-kernel", str(kernel.kernel),
+        "-initrd", str(kernel.initrd),
         "-append", append,
         "-boot", "strict=on",
     ]  # fmt: skip
 
 
 def boot_argv(
-    hw: Hardware, target: Path, forwards: Sequence[Forward] = (), virtiofs_socket: Path | None = None
+    hw: Hardware,
+    target: Path,
+    forwards: Sequence[Forward] = (),
+    virtiofs_socket: Path | None = None,
+    kernel: KernelFiles | None = None,
 ) -> list[str]:
     """The seed's second command: the installed system on its 9p root, or with
     ``virtiofs_socket`` on virtiofs (the virtiofsd listening there shares ``target``).
@@ -235,34 +262,30 @@ def boot_argv(
     guest, Ctrl-A X quits QEMU.
     """
     return [
-        *_installed(hw, target, VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND, forwards, virtiofs_socket),
+        *_installed(hw, target, VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND, forwards,
+                    virtiofs_socket=virtiofs_socket, kernel=kernel),
         "-chardev", "stdio,id=console,mux=on,signal=off",
         "-serial", "chardev:console",
         "-mon", "chardev=console,mode=readline",
     ]  # fmt: skip
 
 
-def run_argv(hw: Hardware, target: Path, kernel_args: Sequence[str], forwards: Sequence[Forward] = ()) -> list[str]:
+def run_argv(
+    hw: Hardware,
+    target: Path,
+    kernel_args: Sequence[str],
+    forwards: Sequence[Forward] = (),
+    kernel: KernelFiles | None = None,
+) -> list[str]:
     """The installed system, headless, for a program: its console is ours alone (no monitor),
     and a reboot or a panic ends QEMU instead of booting again."""
     return [
-        *_installed(hw, target, " ".join([ROOT_APPEND, *kernel_args]), forwards),
+        *_installed(hw, target, " ".join([ROOT_APPEND, *kernel_args]), forwards, kernel=kernel),
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
         "-monitor", "none",
         "-no-reboot",
     ]  # fmt: skip
-
-
-def wrap(argv: Sequence[str], *, as_root: bool) -> list[str]:
-    """Run QEMU in a user namespace when we are not root.
-
-    Guest root then writes files as the invoking user, other guest ids land in the
-    user's subuid range, and passthrough's chown works without privileges.
-    """
-    if as_root:
-        return list(argv)
-    return ["unshare", "--map-auto", "--map-root-user", *argv]
 
 
 def resolve_accel(accel: Accel) -> Accel:
@@ -288,13 +311,6 @@ def cpu_has_virtualisation(path: Path = Path("/proc/cpuinfo")) -> bool:
     except OSError:
         pass
     return False
-
-
-def die_with_parent() -> None:
-    """In the child before exec: if provision-arch dies (even by SIGKILL), the child (QEMU, a helper) gets SIGTERM."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Machine:

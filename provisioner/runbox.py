@@ -9,8 +9,9 @@ Nothing crosses the console but output, no password or key exists for the run, a
 needs no sshd and no network.
 
 The kernel command line names only a script that provision-arch writes into the box before
-QEMU starts (``TARGET/.provision-arch/run/command``, removed afterwards), so the command's
-words never pass through the command line's quoting. The script:
+QEMU starts (``TARGET/.provision-arch-run/command``, made anew without following any link
+and removed afterwards, see ``tree``), so the command's words never pass through the
+command line's quoting. The script:
 
 - sends its own output to /dev/console, the serial console (the unit's stdout goes to
   journald, which would forward it with a ``[time] name[pid]:`` prefix);
@@ -31,7 +32,6 @@ fake them. Everything between them is the command's output, streamed as it comes
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shlex
@@ -46,23 +46,26 @@ from shlex import quote as q
 import pexpect
 
 from provisioner import preflight, validate
+from provisioner.boot import kernel_files
 from provisioner.config import Accel, MachineType
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
 from provisioner.events import Bus, Output
 from provisioner.live import launched
-from provisioner.qemu import Hardware, Machine, run_argv, wrap
-from provisioner.session import STATE, locked, remove, state_directory
+from provisioner.qemu import Hardware, KernelFiles, Machine, run_argv
+from provisioner.run import wrap
+from provisioner.tree import IN_ROOT, Tree
+from provisioner.workspace import Workspace
 
-RUN_DIR = "run"  # below the state directory
-SCRIPT = "command"
-GUEST_SCRIPT = PurePosixPath("/") / STATE / RUN_DIR / SCRIPT
+RUN_DIR = PurePosixPath(".provision-arch-run")  # in the box's root, for one run
+SCRIPT = RUN_DIR / "command"
+GUEST_SCRIPT = PurePosixPath("/") / SCRIPT
 RUN_GENERATOR = "usr/lib/systemd/system-generators/systemd-run-generator"
 RUNUSER = ("usr/bin/runuser", "usr/sbin/runuser")  # Arch merges sbin into bin; either will do
-TRANSCRIPT = "run-console.log"  # below the state directory
 BOOT_TIMEOUT = 900.0  # seconds from QEMU's start to the start marker (TCG on a busy host is slow)
 POWEROFF_TIMEOUT = 120.0  # seconds from the end marker to QEMU's exit
 # A box that cannot finish booting stops at systemd's emergency shell, waiting for a password.
+PASSWD_LIMIT = 16 << 20
 EMERGENCY = r"You are in emergency mode|Cannot open access to console, the root account is locked"
 
 
@@ -121,24 +124,27 @@ def begin_marker(nonce: str) -> str:
 
 def end_marker(nonce: str) -> re.Pattern[str]:
     """The end marker; it may follow output that did not end its line."""
-    return re.compile(rf"PA_RUN_{nonce}_END_(\d+){EOL}")
+    return re.compile(rf"PA_RUN_{nonce}_END_([0-9]+){EOL}")
 
 
 def check_runnable(target: Path, user: str) -> None:
     """The box can run a command this way, as this user: usage errors that say what is missing."""
     preflight.check_box(target, start=False)
-    if not os.path.lexists(target / RUN_GENERATOR):
+    with Tree(target) as tree:
+        generator, runuser = tree.exists(RUN_GENERATOR), any(tree.regular(path, IN_ROOT) for path in RUNUSER)
+    if not generator:
         raise UsageError(
             f"{target} has no /{RUN_GENERATOR}: run needs systemd (240 or later) as the box's init",
             "Arch's systemd package ships it; a box without it can only be booted: provision-arch boot",
         )
-    if not any(os.path.lexists(target / path) for path in RUNUSER):
+    if not runuser:
         raise UsageError(f"{target} has no /{RUNUSER[0]}", "install util-linux in the box (Arch's base brings it)")
     validate.account(user, "--user")
-    try:
-        names = {line.split(":", 1)[0] for line in (target / "etc/passwd").read_text().splitlines()}
-    except OSError as exc:
-        raise UsageError(f"cannot read {target}/etc/passwd: {exc.strerror}", "is it an installed box?") from exc
+    with Tree(target) as tree:
+        passwd = tree.regular_text("etc/passwd", PASSWD_LIMIT)
+    if passwd is None:
+        raise UsageError(f"cannot read {target}/etc/passwd (missing, or a link)", "is it an installed box?")
+    names = {line.split(":", 1)[0] for line in passwd.splitlines()}
     if user not in names:
         raise UsageError(
             f"there is no user {user!r} in {target}/etc/passwd",
@@ -150,32 +156,25 @@ def run_in_box(request: RunRequest, events: Bus) -> int:
     """Run the request's command in its box; its exit status. Raises a ProvisionError when the
     box fails (it does not boot, powers off too early, or the command outlives --timeout)."""
     check_runnable(request.target, request.user)
-    with locked(request.target):
-        state = state_directory(request.target)
+    workspace = Workspace.of(request.target)
+    with workspace.locked(), Tree(request.target) as tree, ExitStack() as stack:
         nonce = secrets.token_hex(8)
-        transcript = Transcript(state / TRANSCRIPT)
-        try:
-            stage_script(state / RUN_DIR / SCRIPT, script(request.user, request.argv, nonce))
-            transcript.note(f"run as {request.user}: {shlex.join(request.argv)}")
-            return _run(request, nonce, transcript, events)
-        finally:
-            transcript.close()
-            remove(state / RUN_DIR)
+        transcript = Transcript(workspace.run_transcript)
+        stack.callback(transcript.close)
+        tree.remove(RUN_DIR)  # what a killed run left, or what the box put there
+        stack.callback(tree.remove, RUN_DIR)
+        tree.mkdir(RUN_DIR, 0o700)
+        tree.write(SCRIPT, script(request.user, request.argv, nonce).encode(), 0o755)
+        transcript.note(f"run as {request.user}: {shlex.join(request.argv)}")
+        kernel = stack.enter_context(kernel_files(request.target))
+        return _run(request, nonce, transcript, events, kernel)
 
 
-def stage_script(path: Path, text: str) -> None:
-    """Written before QEMU starts, so the guest reads it fresh; root's in the box (the invoking user's on the host)."""
-    remove(path.parent)
-    path.parent.mkdir()
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o755)
-
-
-def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus) -> int:
+def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus, kernel: KernelFiles) -> int:
     def make(accel: Accel) -> Machine:
         hw = Hardware(memory=request.memory, cpus=request.cpus, accel=accel, machine=request.machine)
         transcript.note(f"starting QEMU ({accel.value})")
-        argv = wrap(run_argv(hw, request.target, kernel_args()), as_root=preflight.is_root())
+        argv = wrap(run_argv(hw, request.target, kernel_args(), kernel=kernel), as_root=preflight.is_root())
         return Machine(argv, logfile=transcript)
 
     shown = textwrap.shorten(shlex.join(request.argv), 60, placeholder=" …")

@@ -1,7 +1,9 @@
 """Resume: which steps of an install into this target are done, for which config.
 
-``TARGET/.provision-arch/state.json`` holds the options that define the box (and their
-digest) and the target steps finished so far; it is written after each one. A run on a
+``state.json`` in the box's workspace (out of the guest's reach, see ``workspace``) holds
+the options that define the box (and their digest) and the target steps finished so far;
+it is written after each one. A stream install marks the unpack while it runs, so that a
+tree it left half written is recognised as such. A run on a
 target with an unfinished state for the same config resumes; a finished target or a
 different config is refused unless ``--force`` starts over. A state file from an older
 version or edited by hand is not trusted: it is set aside with a note.
@@ -15,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import __version__
-from provisioner.errors import UsageError
+from provisioner.errors import ProvisionError, UsageError
 from provisioner.manifest import digest
-from provisioner.session import STATE
+from provisioner.tree import Tree
+from provisioner.workspace import Workspace
 
-STATE_FILE = "state.json"
 FORMAT = 1
 
 
@@ -28,14 +30,15 @@ class State:
     config: dict[str, Any]
     done: list[str] = field(default_factory=list)
     finished: bool = False
+    unpacking: bool = False  # a stream install is unpacking its tree into the target
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": __version__, "config": self.config, "config_digest": digest(self.config),
-                "done": self.done, "finished": self.finished}  # fmt: skip
+                "done": self.done, "finished": self.finished, "unpacking": self.unpacking}  # fmt: skip
 
 
 def state_path(target: Path) -> Path:
-    return target / STATE / STATE_FILE
+    return Workspace.of(target).state_file
 
 
 def load(target: Path) -> State | None:
@@ -44,16 +47,16 @@ def load(target: Path) -> State | None:
         data = json.loads(state_path(target).read_text(encoding="utf-8"))
         if data.get("format") != FORMAT or digest(data["config"]) != data.get("config_digest"):
             return None
-        return State(dict(data["config"]), [str(step) for step in data["done"]], bool(data["finished"]))
+        done = [str(step) for step in data["done"]]
+        return State(dict(data["config"]), done, bool(data["finished"]), bool(data.get("unpacking", False)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def save(target: Path, state: State) -> None:
-    path = state_path(target)
-    tmp = path.with_name(STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    workspace = Workspace.of(target)
+    workspace.create()
+    workspace.write_private(workspace.state_file, (json.dumps(state.to_json(), indent=2) + "\n").encode())
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -63,15 +66,22 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def plan(target: Path, record: dict[str, Any], force: bool, *, stream: bool = False) -> State | None:
     """The state to resume from, None for a fresh install; refuses a finished or different target.
 
-    With ``force`` nothing is resumed: the install starts over (over the files that are there).
-    A stream install unpacks a whole tree into the target, so it does not take over a partial
-    tree that an interrupted 9p install left there (stale pacman locks and all).
+    With ``force`` nothing is resumed: the install starts over. A stream install unpacks a
+    whole tree into the target, so it does not take over a partial tree that an interrupted
+    9p install left there (stale pacman locks and all), nor one its own unpack left.
     """
     if force or not state_path(target).exists():
         return None
     state = load(target)
     if state is None:
         return None  # untrustworthy: the target check decides (not empty → --force)
+    if (state.finished or state.unpacking) and not _entries(target):
+        return None  # the box was deleted since: its state is stale
+    if state.unpacking:
+        raise UsageError(
+            f"{target} holds a tree whose unpack was interrupted",
+            "start over with --force (the stream is not kept)",
+        )
     if state.config != record:
         raise UsageError(
             f"{target} was installed with a different config ({'; '.join(differences(state.config, record))})",
@@ -79,9 +89,17 @@ def plan(target: Path, record: dict[str, Any], force: bool, *, stream: bool = Fa
         )
     if state.finished:
         raise UsageError(f"{target} is already installed (state.json says finished)", "boot it, or use --force to reinstall")
-    if stream and any(entry.name != STATE for entry in target.iterdir()):
+    if stream and state.done:
         raise UsageError(
             f"{target} holds a partial install written over 9p",
             "resume it with --install-via 9p, or start over with --force",
         )
     return state
+
+
+def _entries(target: Path) -> list[str]:
+    try:
+        with Tree(target) as tree:
+            return tree.entries()
+    except (OSError, ProvisionError):
+        return []

@@ -6,8 +6,9 @@ on the guest's own scratch disk and sending it as one tar is several times faste
 right after writing can race QEMU's flushing of the port (entries were lost that way
 while measuring, and tar exited 0), so the guest reports the archive's sha256 on the
 console, the host waits until what it received has exactly that hash, and only then does
-the driver let the guest go on to power off. The archive is kept on the host's disk and
-extracted only once it checked out: a short stream is an error, never a half-filled target.
+the driver let the guest go on to power off. The archive is kept in the workspace (0600,
+out of the guest's reach), bounded in size, and unpacked (``unpack``) only once it checked
+out and QEMU has ended: a short stream is an error, never a half-filled target.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 from types import TracebackType
 
 from provisioner.errors import ExitCode, ProvisionError
-from provisioner.run import NotFound, run
 
 CHUNK = 1 << 20
 # Once the guest has written the whole archive, QEMU delivers the rest within milliseconds;
@@ -42,13 +42,14 @@ class StreamError(ProvisionError):
 class Receiver:
     """Reads the port's host end (QEMU's PIPE.out) into a file on a thread, hashing as it goes."""
 
-    def __init__(self, source: Path, into: Path) -> None:
-        self.source, self.into = source, into
+    def __init__(self, source: Path, into: Path, *, limit: int) -> None:
+        self.source, self.into, self.limit = source, into, limit
         self.received = 0
         self._hash = hashlib.sha256()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: OSError | None = None
+        self._over = False
         self._thread = threading.Thread(target=self._pump, name="stream-receiver", daemon=True)
         self._fd = -1
 
@@ -65,12 +66,18 @@ class Receiver:
 
     def _pump(self) -> None:
         try:
-            with self.into.open("wb") as out:
+            fd = os.open(self.into, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
                 while not self._stop.is_set():
                     ready, _, _ = select.select([self._fd], [], [], 0.2)
                     if not ready:
                         continue
                     block = os.read(self._fd, CHUNK)
+                    if self._over or self.received + len(block) > self.limit:
+                        # More than its scratch disk holds: drained, never written, so that
+                        # the guest's end of the port does not block; the step fails on it.
+                        self._over = True
+                        continue
                     if block:
                         out.write(block)
                         with self._lock:
@@ -87,6 +94,11 @@ class Receiver:
         """Block until what arrived hashes to ``sha256``; the byte count. StreamError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while self.digest() != sha256:
+            if self._over:
+                raise StreamError(
+                    f"the stream from the guest outgrew {self.limit} bytes, more than its scratch disk holds",
+                    "a package set that large is not supported; see the transcript",
+                )
             if self._error is not None:
                 raise StreamError(f"reading the stream failed: {self._error}", "see the transcript")
             if time.monotonic() > deadline:
@@ -97,16 +109,3 @@ class Receiver:
             time.sleep(0.05)
         self._stop.set()
         return self.received
-
-
-def extract(archive: Path, target: Path, *, as_root: bool) -> None:
-    """Unpack into the target as guest root would have written it: in the user namespace QEMU uses."""
-    argv = ["tar", "-x", "-p", *TAR_KEEP, "-f", str(archive), "-C", str(target)]
-    if not as_root:
-        argv = ["unshare", "--map-auto", "--map-root-user", *argv]
-    try:
-        result = run(argv, timeout=3600)
-    except NotFound as exc:
-        raise StreamError(f"{exc} is needed to unpack the stream", "install GNU tar and util-linux") from exc
-    if result.returncode != 0:
-        raise StreamError(f"tar could not unpack the stream into {target}: {result.stderr.strip()[-500:]}", "see the message")

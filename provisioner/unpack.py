@@ -30,11 +30,12 @@ When not root it runs under ``unshare --map-auto --map-root-user``, so the guest
 land in the user's subordinate ids as they would on the 9p path.
 
 Setuid and setgid files are kept: an Arch tree needs them (``sudo``, ``su``, ``passwd``,
-``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, they are owned by the
-user's own subordinate ids on the host, so they grant nothing the user did not already have.
-As root they are real setuid-root binaries on the host, as after debootstrap; the caller keeps
-the target unreachable for other users (mode 0700) while it is written, and the same holds for
-device nodes, which are extracted only as root.
+``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, the box's root is the
+invoking user on the host, so a setuid-root file of the box is setuid to that user for anyone
+on the host who can reach it (the install keeps the target 0700 while it is written and says
+so when the finished box is reachable by others: see docs/trust.md). As root they are real
+setuid-root binaries on the host, as after debootstrap, and device nodes are real too (they
+are extracted only as root).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -52,8 +52,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from provisioner.errors import ExitCode, ProvisionError
-from provisioner.qemu import die_with_parent
-from provisioner.run import NotFound
+from provisioner.run import die_with_parent, require, wrap
 
 # GNU tar, told to keep everything an installed system relies on (the same as stream.TAR_KEEP,
 # repeated here so this module stands alone): numeric owners, ACLs, and all xattrs (without
@@ -63,7 +62,6 @@ TAR_KEEP = ("--numeric-owner", "--acls", "--xattrs", "--xattrs-include=*")
 # file dated in the future, which a guest clock a second ahead of the host's produces) are the
 # one kind of warning that does not fail the unpack: nothing is lost or misplaced by them.
 EXTRACT = ("--delay-directory-restore", "--warning=no-timestamp")
-USERNS = ("unshare", "--map-auto", "--map-root-user")
 TAR_TIMEOUT = 3600.0
 HINT = "the guest sent an archive the host will not unpack; nothing was written into the target"
 # Contiguous files (type 7) are left out: GNU tar never writes them and warns when it reads one.
@@ -358,15 +356,13 @@ def tar(args: Sequence[str], handle: BinaryIO, cwd: int | None, *, userns: bool)
     ``userns``; its stdout. A bad status or anything on stderr is an UnpackError with tar's
     first lines.
 
-    The one place that starts a host process here: when ``provisioner.run`` grows a ``spawn``
-    with a user-namespace parameter, this is what changes.
+    The one place that starts a host process here. It goes through ``provisioner.run``'s
+    ``wrap`` (the user-namespace prefix), ``require`` (a missing tar or unshare is its
+    ``NotFound``, a host error naming the package) and ``die_with_parent``, but not through
+    ``run()`` itself: tar needs the archive on stdin, bytes rather than text, and a working
+    directory given as a descriptor (``fchdir`` in the child), which ``run()`` does not offer.
     """
-    argv = ["tar", *args]
-    if userns:
-        argv = [*USERNS, *argv]
-    if shutil.which(argv[0]) is None:
-        error = NotFound(argv[0])
-        raise UnpackError(f"{error} is needed to unpack the stream", "install GNU tar and util-linux") from error
+    argv = require(wrap(["tar", *args], as_root=not userns))
     handle.seek(0)
     os.lseek(handle.fileno(), 0, os.SEEK_SET)
 

@@ -32,7 +32,8 @@ OWNER_PART_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$")
 UNIT_RE = re.compile(r"^[A-Za-z0-9_:][A-Za-z0-9:_.@-]{0,250}$")
 # Where a file from the config must not go: kernel and runtime file systems mounted over the
 # root at boot (a file there would be hidden or meaningless), and our own state directory.
-FORBIDDEN_DIRS = ("/proc", "/sys", "/dev", "/run", "/.provision-arch")
+# The kernel's and systemd's, and the names provision-arch itself uses in a box's root.
+FORBIDDEN_DIRS = ("/proc", "/sys", "/dev", "/run", "/.provision-arch", "/.provision-arch-run", "/.provision-arch-unpack")
 # C0, DEL and C1: no terminal or shell line should carry them.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A command travels quoted on one console line of at most 3500 characters.

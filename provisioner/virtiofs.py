@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import HostError
-from provisioner.qemu import die_with_parent, wrap
-from provisioner.run import NotFound, run
+from provisioner.run import USERNS, NotFound, run, spawn, wrap
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,9 @@ def _spawn(argv: list[str], *, hint: str, **popen: Any) -> subprocess.Popen[byte
     threads run at this point), in a session of its own, so that a Ctrl-C at the terminal
     stays the guest's. A missing program is a host problem, not a crash."""
     try:
-        return subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **popen)  # noqa: PLW1509
+        return spawn(argv, **popen)
+    except NotFound as exc:
+        raise HostError(f"cannot start {argv[0]}: No such file (not on PATH)", hint) from exc
     except OSError as exc:
         raise HostError(f"cannot start {argv[0]}: {exc.strerror or exc}", hint) from exc
 
@@ -182,7 +183,7 @@ def user_namespace() -> Iterator[list[str]]:
     before it execs the shell) and then waits on its stdin: it ends when we close that pipe,
     and by PR_SET_PDEATHSIG if we die first.
     """
-    argv = ["unshare", "--map-auto", "--map-root-user", "sh", "-c", "echo ready && read _"]
+    argv = [*USERNS, "sh", "-c", "echo ready && read _"]
     log.debug("+ %s", shlex.join(argv))
     holder = _spawn(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

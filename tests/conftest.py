@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings
 
 from provisioner.events import Bus, Event
+from provisioner.workspace import ENV
 from tests.helpers import password_file
 
 # CI must not fail at random: there hypothesis draws the same examples every run (seeded by
@@ -19,6 +20,14 @@ from tests.helpers import password_file
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test keeps the boxes' workspaces (locks, state, transcripts) in its own directory."""
+    home = tmp_path / "state-home"
+    monkeypatch.setenv(ENV, str(home))
+    return home
 
 
 @pytest.fixture

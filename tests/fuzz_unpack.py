@@ -101,7 +101,7 @@ class Run:
         return "\n".join(lines)
 
 
-SHOWN = re.compile(r"""member ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*") (.*)""")
+SHOWN = re.compile(r"""member ('(?:[^'\\]|\\.)*['…]|"(?:[^"\\]|\\.)*["…]) (.*)""")  # unpack.shown() may cut a name short
 
 
 def reason(message: str) -> str:
@@ -110,6 +110,8 @@ def reason(message: str) -> str:
         return "truncated or not a tar"
     if message.startswith("tar "):
         return "tar failed or warned (" + message.split(": ", 1)[0] + ")"
+    if message.startswith("the stream is refused: GNU tar reads"):
+        return "GNU tar reads another number of members than tarfile"
     match = SHOWN.search(message)
     text = match.group(2) if match else message
     text = re.split(r"""['"(]""", text)[0]

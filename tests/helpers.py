@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pycdlib
 
+from provisioner.workspace import Workspace
+
 UUID = "2026-11-01-10-20-30-00"
 
 
@@ -92,3 +94,8 @@ def ssh_public_key(comment: str = "dev@laptop") -> str:
     key = hashlib.sha256(comment.encode()).digest()
     blob = len(kind).to_bytes(4, "big") + kind + len(key).to_bytes(4, "big") + key
     return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+def staged_secrets(target: Path) -> list[Path]:
+    """chpasswd files left in the target or its workspace (the stage lives in the workspace)."""
+    return [*target.rglob("*.chpasswd"), *Workspace.of(target).root.rglob("*.chpasswd")]

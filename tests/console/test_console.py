@@ -105,3 +105,32 @@ def test_transcript_keeps_output_and_redacts_secrets(tmp_path: Path) -> None:
     assert "<redacted>" in text
     assert "\x00" not in text
     assert any("visible" in line for line in lines)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 40, 105])
+def test_a_secret_split_across_reads_never_reaches_the_transcript_or_a_line(tmp_path: Path, cut: int) -> None:
+    secret = "$6$salt$" + "x" * 98
+    lines: list[str] = []
+    transcript = Transcript(tmp_path / "console.log", redact=(secret,), on_line=lines.append)
+    text = f"before {secret} after\nand $6$salt$ alone\n"
+    for start in range(0, len(text), cut):
+        transcript.write(text[start : start + cut])
+    transcript.close()
+    written = (tmp_path / "console.log").read_text()
+    assert secret not in written and "<redacted>" in written and "$6$salt$ alone" in written
+    assert lines == ["before <redacted> after", "and $6$salt$ alone"]
+
+
+def test_the_transcript_does_not_follow_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    (tmp_path / "console.log").symlink_to(victim)
+    with pytest.raises(OSError):
+        Transcript(tmp_path / "console.log")
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_command_is_measured_in_bytes(console: Console) -> None:
+    """The tty cuts a line at 4095 bytes; 1,800 three-byte characters are 5,400 of them."""
+    with pytest.raises(ProvisionError, match="bytes"):
+        console.run("echo " + "€" * 1800)

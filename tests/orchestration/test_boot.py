@@ -26,7 +26,7 @@ from provisioner.cli import app
 from provisioner.config import Accel
 from provisioner.errors import ExitCode, HostError
 from provisioner.qemu import Hardware
-from provisioner.session import locked
+from provisioner.workspace import Workspace
 from tests.helpers import installed_box
 from tests.orchestration.conftest import _alive, _gone
 
@@ -107,7 +107,7 @@ def socket_of(argv: list[str]) -> str:
 
 
 def test_virtiofsd_ends_by_itself_when_qemu_hangs_up(daemon_dir: Path, tmp_path: Path) -> None:
-    with boot_command(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=True) as argv:
+    with boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True) as argv:
         path = socket_of(argv)
         with socket.socket(socket.AF_UNIX) as qemu:  # QEMU may connect before the daemon runs
             qemu.connect(path)
@@ -123,7 +123,7 @@ def test_virtiofsd_ends_by_itself_when_qemu_hangs_up(daemon_dir: Path, tmp_path:
 
 def test_virtiofsd_is_terminated_when_the_boot_fails(daemon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_VIRTIOFSD_MODE", "deaf")
-    with pytest.raises(KeyboardInterrupt), boot_command(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=True):
+    with pytest.raises(KeyboardInterrupt), boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True):
         pid = wait_for_daemon(daemon_dir)
         raise KeyboardInterrupt  # e.g. Ctrl-C while QEMU runs
     assert not _alive(pid)
@@ -131,7 +131,7 @@ def test_virtiofsd_is_terminated_when_the_boot_fails(daemon_dir: Path, tmp_path:
 
 def test_a_failing_daemon_is_reported_and_qemu_refused(daemon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_VIRTIOFSD_MODE", "fail")
-    with pytest.raises(HostError) as error, boot_command(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=True) as argv:
+    with pytest.raises(HostError) as error, boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True) as argv:
         pid = wait_for_daemon(daemon_dir)
         assert _gone(pid)
         # Our copy of the listener is closed: QEMU fails at once instead of waiting forever.
@@ -142,7 +142,7 @@ def test_a_failing_daemon_is_reported_and_qemu_refused(daemon_dir: Path, tmp_pat
 
 def test_the_cli_does_not_boot_a_target_another_run_holds(tmp_path: Path) -> None:
     base = installed_box(tmp_path)
-    with locked(base):  # as an install or a run holds it
+    with Workspace.of(base).locked():  # as an install or a run holds it
         result = CliRunner().invoke(app, ["boot", str(base), "--accel", "tcg"], catch_exceptions=False)
     assert result.exit_code == ExitCode.HOST, result.output
     assert f"another provision-arch (pid {os.getpid()}) is working on {base}" in result.output

@@ -16,7 +16,8 @@ import pytest
 
 from provisioner.errors import ExitCode
 from provisioner.password import hash_password
-from tests.helpers import ssh_public_key
+from provisioner.workspace import Workspace
+from tests.helpers import ssh_public_key, staged_secrets
 from tests.orchestration.conftest import Fake, Run
 from tests.orchestration.test_install import ALL_STEPS, assert_clean_end
 
@@ -103,7 +104,7 @@ def devbox(install: Any, fake: Fake, tmp_path: Path) -> Run:
 
 def test_the_devbox_steps_run_after_the_system_and_before_the_unmount(devbox: Run, fake: Fake, tmp_path: Path) -> None:
     assert devbox.steps() == [*BASE_STEPS, "users", "files", "services", "command-1", "command-2", "command-3",
-                              "stream", "unmount", "poweroff", "manifest"]  # fmt: skip
+                              "stream", "unmount", "poweroff", "unpack", "manifest"]  # fmt: skip
     assert set(devbox.finished().values()) == {"ok"}
     titles = {e["step"]: e["title"] for e in devbox.events if e["type"] == "step-started"}
     assert titles["command-2"] == "Running command 2: test -e built-1 && echo made > built-2"
@@ -163,23 +164,27 @@ def test_services_enabled_and_commands_run_in_order_in_the_chroot(devbox: Run, f
 
 def test_no_password_hash_is_ever_typed_passed_or_logged(devbox: Run, fake: Fake, tmp_path: Path) -> None:
     target = tmp_path / "base"
-    transcript = (target / ".provision-arch/console.log").read_text()
+    transcript = Workspace.of(target).transcript.read_text()
     root_hash = (target / "etc/shadow").read_text().splitlines()[0].split(":")[1]
     for secret in (CI_HASH, root_hash):
         for where, text in {"typed": fake.typed(), "argv": fake.commands(), "transcript": transcript,
                             "stdout": devbox.stdout, "stderr": devbox.stderr}.items():  # fmt: skip
             assert secret not in text, f"a password hash was {where}"
-    assert "chpasswd -e < /mnt/.provision-arch/stage/users.chpasswd" in fake.typed()
-    assert not list(target.rglob("*.chpasswd"))
+    assert "chpasswd -e < /run/provision-arch/stage/users.chpasswd" in fake.typed()
+    assert not staged_secrets(target)
 
 
 def test_pacman_conf_gets_the_sandbox_switch_once(devbox: Run, install: Any, tmp_path: Path) -> None:
     conf = tmp_path / "base/etc/pacman.conf"
+    assert "DisableSandboxFilesystem" not in conf.read_text().splitlines(), "the sandbox stays on unless asked"
+    # A second run over the same target, now without the sandbox: accounts are brought up to
+    # date, not added twice, and the switch is set once.
+    again = install("--config", str(tmp_path / "box.toml"), "--force", "--no-pacman-sandbox")
+    assert again.exit_code == 0, again.stderr
     lines = conf.read_text().splitlines()
     assert lines[lines.index("[options]") + 1] == "DisableSandboxFilesystem"
-    assert any(e["type"] == "note" and "DisableSandboxFilesystem" in e["message"] for e in devbox.events)
-    # A second run over the same target: accounts are brought up to date, not added twice.
-    again = install("--config", str(tmp_path / "box.toml"), "--force")
+    assert any(e["type"] == "note" and "DisableSandboxFilesystem" in e["message"] for e in again.events)
+    again = install("--config", str(tmp_path / "box.toml"), "--force", "--no-pacman-sandbox")
     assert again.exit_code == 0, again.stderr
     assert conf.read_text().splitlines().count("DisableSandboxFilesystem") == 1
     passwd = (tmp_path / "base/etc/passwd").read_text()
@@ -188,7 +193,8 @@ def test_pacman_conf_gets_the_sandbox_switch_once(devbox: Run, install: Any, tmp
 
 @pytest.mark.parametrize(
     ("version", "args", "expected"),
-    [("7.0.0", (), "DisableSandbox"), ("6.0.2", (), None), ("7.1.0", ("--pacman-sandbox",), None)],
+    [("7.0.0", ("--no-pacman-sandbox",), "DisableSandbox"), ("6.0.2", ("--no-pacman-sandbox",), None),
+     ("7.1.0", ("--no-pacman-sandbox",), "DisableSandboxFilesystem"), ("7.1.0", (), None)],
 )
 def test_pacman_conf_by_version(
     version: str, args: tuple[str, ...], expected: str | None, install: Any, fake: Fake, tmp_path: Path,

@@ -23,7 +23,8 @@ import pytest
 from provisioner import install as install_module
 from provisioner import live, preflight
 from provisioner.errors import ExitCode
-from tests.helpers import make_iso, password_file
+from provisioner.workspace import Workspace
+from tests.helpers import make_iso, password_file, staged_secrets
 from tests.orchestration.conftest import PASSWORD, Fake, Run
 
 
@@ -245,7 +246,7 @@ def test_20_qemu_killed_from_outside(install: Any, fake: Fake, tmp_path: Path, m
     killer.join()
     error = one_line_error(run, ExitCode.BOOT)
     assert "QEMU ended while waiting for the end of: pacstrap" in error["message"]
-    assert not list((tmp_path / "base").rglob("root.chpasswd"))
+    assert not staged_secrets(tmp_path / "base")
 
 
 # -- 21-22: interruption and a second run ---------------------------------------------------
@@ -280,7 +281,7 @@ def test_21_interrupted_during_a_phase(sig: int, phase: str, fake: Fake, iso: Pa
     assert run.returncode == ExitCode.INTERRUPTED, stderr
     assert '"exit_code": 130' in stdout.splitlines()[-1] and "hint:" in stderr
     assert all(launch["end"] for launch in fake.launches()), "QEMU outlived the interrupted run"
-    assert not list(target.rglob("root.chpasswd")) and not (target / ".provision-arch/stage").exists()
+    assert not staged_secrets(target) and not Workspace.of(target).stage.exists()
 
 
 def test_22_a_second_run_on_the_same_target_is_refused_while_the_first_runs(
@@ -314,7 +315,7 @@ def test_24_the_password_is_never_in_argv_logs_events_or_errors(
     assert run.exit_code == ExitCode.STEP
     hashed = (tmp_path / "base/etc/shadow").read_text().split(":")[1]
     argv = " ".join(" ".join(launch["argv"]) for launch in fake.launches())
-    transcript = (tmp_path / "base/.provision-arch/console.log").read_text()
+    transcript = Workspace.of(tmp_path / "base").transcript.read_text()
     for text in (argv, fake.commands(), fake.typed(), transcript, run.stdout, run.stderr):
         assert PASSWORD not in text and hashed not in text
 
@@ -336,7 +337,8 @@ def test_24_the_password_is_never_in_a_process_command_line(fake: Fake, iso: Pat
     assert not [line for line in seen if PASSWORD in line or hashed in line]
 
 
-def test_25_a_state_dir_from_an_older_version_or_edited_by_hand(install: Any, fake: Fake, tmp_path: Path) -> None:
+def test_25_a_state_dir_an_older_version_left_in_the_target_goes(install: Any, fake: Fake, tmp_path: Path) -> None:
+    """Older versions kept their state (and staged hashes) in TARGET/.provision-arch."""
     target = tmp_path / "base"
     state = target / ".provision-arch"
     (state / "run-id").mkdir(parents=True)  # a directory where a file belongs
@@ -347,4 +349,5 @@ def test_25_a_state_dir_from_an_older_version_or_edited_by_hand(install: Any, fa
     run = install("--force", target=target)
     assert run.exit_code == 0, run.stderr
     assert (target / "home/notes.txt").read_text() == "mine\n", "user data inside the target was lost"
-    assert not list(target.rglob("root.chpasswd"))
+    assert not state.exists() and not staged_secrets(target)
+    assert any(e["type"] == "note" and "an older provision-arch" in e["message"] for e in run.events)

@@ -20,12 +20,13 @@ import pytest
 
 from provisioner.errors import ExitCode
 from provisioner.install import STEPS
-from tests.helpers import password_file
+from provisioner.workspace import Workspace
+from tests.helpers import password_file, staged_secrets
 from tests.orchestration.conftest import PASSWORD, Fake, Run
 
 HOST_STEPS = ["preflight", "read-iso", "stage", "boot"]
 # The default install (--install-via stream) runs every step; the 9p path all but "stream".
-ALL_STEPS = [*HOST_STEPS, *(step.name for step in STEPS), "poweroff", "manifest"]
+ALL_STEPS = [*HOST_STEPS, *(step.name for step in STEPS), "poweroff", "unpack", "manifest"]
 GUEST_STEPS_9P = [step.name for step in STEPS if step.name != "stream"]
 ALL_STEPS_9P = [*HOST_STEPS, *GUEST_STEPS_9P, "poweroff", "manifest"]
 NINEP = ("--install-via", "9p")
@@ -42,9 +43,9 @@ def assert_clean_end(run: Run, fake: Fake, target: Path) -> None:
     assert launches and all(launch["end"] is not None for launch in launches), launches
     assert sorted(run.steps()) == sorted(run.steps("step-finished")), run.events
     assert run.events[0]["type"] == "start"
-    assert not list(target.rglob("root.chpasswd")), "the staged password hash was left behind"
-    assert not (target / ".provision-arch/stage").exists()
-    transcript = target / ".provision-arch/console.log"
+    assert not staged_secrets(target), "the staged password hash was left behind"
+    assert not Workspace.of(target).stage.exists()
+    transcript = Workspace.of(target).transcript
     held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
     assert str(transcript.resolve()) not in held, "the transcript was left open"
 
@@ -75,7 +76,7 @@ def test_the_password_is_never_typed_passed_or_logged(install: Any, fake: Fake, 
     target = tmp_path / "base"
     hashed = shadow_hash(target)
     assert hashed.startswith("$6$")
-    transcript = (target / ".provision-arch/console.log").read_text()
+    transcript = Workspace.of(target).transcript.read_text()
     for where, text in {
         "typed on the console": fake.typed(),
         "in a guest command's argv": fake.commands(),
@@ -196,4 +197,4 @@ def test_an_interrupted_install_leaves_no_qemu_and_no_secret(sig: int, fake: Fak
     assert last == {**last, "type": "error", "exit_code": ExitCode.INTERRUPTED}
     before = json.loads(stdout.splitlines()[-2])
     assert before == {**before, "type": "step-finished", "step": "pacstrap", "status": "interrupted"}
-    assert not list(target.rglob("root.chpasswd")), "the staged password hash was left behind"
+    assert not staged_secrets(target), "the staged password hash was left behind"

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ExitCode
+from provisioner.workspace import Workspace
 from tests.helpers import password_file
 from tests.orchestration.conftest import PASSWORD, Fake
 
 
 def manifest(target: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((target / ".provision-arch/manifest.json").read_text())
+    data: dict[str, Any] = json.loads(Workspace.of(target).manifest.read_text())
     return data
 
 
@@ -45,7 +46,7 @@ def test_the_manifest_records_iso_config_and_package_versions(install: Any, fake
     run = install("--package", "base linux vim", "--hostname", "box1")
     assert run.exit_code == 0, run.stderr
     data = manifest(tmp_path / "base")
-    assert run.events[-1]["paths"]["manifest"] == str(tmp_path / "base/.provision-arch/manifest.json")
+    assert run.events[-1]["paths"]["manifest"] == str(Workspace.of(tmp_path / "base").manifest)
     assert data["iso"]["name"] == iso.name and len(data["iso"]["sha256"]) == 64
     assert data["config"]["packages"] == ["base", "linux", "vim"] and data["config"]["hostname"] == "box1"
     assert data["packages"] == {"base": "1-1", "linux": "1-1", "vim": "1-1"}
@@ -94,8 +95,9 @@ def interrupted_during(tool: str, fake: Fake, iso: Path, tmp_path: Path, *extra:
 
 
 def test_a_changed_config_on_an_unfinished_target_is_refused(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
-    target = interrupted_during("pacstrap", fake, iso, tmp_path, "--hostname", "one")
-    run = install("--hostname", "two", target=target)
+    # Over 9p: an interrupted stream install leaves no tree to resume (it starts afresh).
+    target = interrupted_during("pacstrap", fake, iso, tmp_path, "--hostname", "one", "--install-via", "9p")
+    run = install("--hostname", "two", "--install-via", "9p", target=target)
     error = run.events[-1]
     assert run.exit_code == ExitCode.USAGE and "hostname: 'one' → 'two'" in error["message"]
     assert "--force starts over" in error["hint"] or "--force to start over" in error["hint"]
@@ -104,13 +106,13 @@ def test_a_changed_config_on_an_unfinished_target_is_refused(fake: Fake, iso: Pa
 def test_an_interrupted_install_resumes_and_ends_as_an_uninterrupted_one(
     fake: Fake, iso: Path, tmp_path: Path, install: Any
 ) -> None:
-    target = interrupted_during("pacstrap", fake, iso, tmp_path)
-    resumed = install(target=target)
+    target = interrupted_during("pacstrap", fake, iso, tmp_path, "--install-via", "9p")
+    resumed = install("--install-via", "9p", target=target)
     assert resumed.exit_code == 0, resumed.stderr
     assert any(e["type"] == "note" and e["message"].startswith("resuming") for e in resumed.events)
     pacstraps = [line for line in fake.commands().splitlines() if line.startswith("pacstrap")]
     assert "--overwrite" not in pacstraps[0] and "--overwrite" in pacstraps[1], "a resumed pacstrap may overwrite"
-    clean = install(target=tmp_path / "clean")
+    clean = install("--install-via", "9p", target=tmp_path / "clean")
     assert clean.exit_code == 0
     mine, theirs = manifest(target), manifest(tmp_path / "clean")
     for same in ("packages", "config", "config_digest", "iso"):
@@ -138,7 +140,7 @@ def test_a_stream_install_does_not_take_over_a_partial_9p_tree(fake: Fake, iso: 
 
 def test_from_manifest_rebuilds_the_same_box(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
     assert install("--package", "base linux", "--hostname", "origin", "--snapshot", "2026-11-01").exit_code == 0
-    recorded = tmp_path / "base/.provision-arch/manifest.json"
+    recorded = Workspace.of(tmp_path / "base").manifest
     again = install("--from-manifest", str(recorded), target=tmp_path / "copy")
     assert again.exit_code == 0, again.stderr
     assert manifest(tmp_path / "copy")["config"] == manifest(tmp_path / "base")["config"]
@@ -148,7 +150,7 @@ def test_from_manifest_rebuilds_the_same_box(fake: Fake, iso: Path, tmp_path: Pa
 
 def test_from_manifest_names_the_packages_whose_versions_differ(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
     assert install("--package", "base linux").exit_code == 0
-    recorded = tmp_path / "base/.provision-arch/manifest.json"
+    recorded = Workspace.of(tmp_path / "base").manifest
     data = json.loads(recorded.read_text())
     data["packages"]["linux"] = "6.0-1"  # as if the archive day had served another kernel
     recorded.write_text(json.dumps(data))
@@ -159,7 +161,7 @@ def test_from_manifest_names_the_packages_whose_versions_differ(fake: Fake, iso:
 
 def test_from_manifest_refuses_another_iso(fake: Fake, iso: Path, tmp_path: Path, install: Any) -> None:
     assert install().exit_code == 0
-    recorded = tmp_path / "base/.provision-arch/manifest.json"
+    recorded = Workspace.of(tmp_path / "base").manifest
     data = json.loads(recorded.read_text())
     data["iso"]["sha256"] = "0" * 64
     recorded.write_text(json.dumps(data))

@@ -5,13 +5,12 @@ exit status returned, the box's failures as documented exit codes, nothing left 
 
 from __future__ import annotations
 
-import time
-
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ def run_launches(fake: Fake) -> list[dict[str, Any]]:
 
 def assert_clean(fake: Fake, box: Path) -> None:
     assert all(launch["end"] for launch in fake.launches()), "QEMU outlived the run"
-    assert not (box / ".provision-arch/run").exists(), "the run's script was left in the box"
+    assert not (box / ".provision-arch-run").exists(), "the run's script was left in the box"
 
 
 def test_output_is_streamed_and_status_zero(run: Any, fake: Fake, box: Path) -> None:

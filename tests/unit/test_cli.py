@@ -12,6 +12,7 @@ from provisioner.cli import app
 from provisioner.config import Accel, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
 from provisioner.session import Session
+from provisioner.workspace import Workspace
 from tests.helpers import installed_box, password_file
 
 runner = CliRunner()
@@ -54,7 +55,9 @@ def test_boot_print_is_one_shell_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.output.strip())
     assert "qemu-system-x86_64" in argv
-    assert argv[argv.index("-kernel") + 1] == f"{base}/boot/vmlinuz-linux"
+    kernel = Path(argv[argv.index("-kernel") + 1])
+    assert kernel == Workspace.of(base).printed_boot / "vmlinuz-linux", "a copy: the printed command loads nothing from the tree"
+    assert kernel.read_bytes() == (base / "boot/vmlinuz-linux").read_bytes()
     assert argv[argv.index("-append") + 1].startswith("root=fsRoot rw rootfstype=9p")
 
 
@@ -216,3 +219,20 @@ def test_run_needs_a_command(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(installed_box(tmp_path))])
     assert result.exit_code == ExitCode.USAGE
     assert "COMMAND" in result.output
+
+
+@pytest.mark.parametrize("command", ["install", "doctor"])
+def test_a_host_without_the_programs_gets_one_line_not_a_traceback(
+    command: str, tmp_path: Path, pw_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a new user tried it: PATH with only the venv (no unshare, no QEMU, no coreutils)."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    iso = tmp_path / "x.iso"
+    iso.write_bytes(b"not really")
+    args = [str(tmp_path / "empty"), "--iso", str(iso), "--password-file", str(pw_file)] if command == "install" else ["doctor"]
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert "Traceback" not in result.output and "not" in result.output

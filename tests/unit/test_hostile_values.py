@@ -176,7 +176,7 @@ def test_mirror_on_the_kernel_command_line(mirror: str) -> None:
     """The mirror is no shell value but a kernel parameter: it must stay one parameter."""
     if cfg := accepted(mirror=mirror):
         boot = BootFiles("ARCH_202611", None, Path("/k"), Path("/i"))
-        argv = install_argv(Hardware(2048, 2, cfg.accel), Path("/a.iso"), boot, Path("/t"), mirror=cfg.mirror)
+        argv = install_argv(Hardware(2048, 2, cfg.accel), Path("/a.iso"), boot, Path("/t"), Path("/s"), mirror=cfg.mirror)
         append = argv[argv.index("-append") + 1].split()
         assert [word for word in append if word.startswith("mirror=")] == [f"mirror={mirror}"]
         assert not set(mirror) & set("\"' \t\n\\")

@@ -12,6 +12,7 @@ from provisioner.iso import BootFiles
 from provisioner.qemu import (
     Forward,
     Hardware,
+    Stream,
     boot_argv,
     cpu_has_virtualisation,
     install_argv,
@@ -19,8 +20,8 @@ from provisioner.qemu import (
     qemu_value,
     resolve_accel,
     run_argv,
-    wrap,
 )
+from provisioner.run import wrap
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
 BOOT = BootFiles(
@@ -54,7 +55,7 @@ def test_boot_argv_is_the_seeds_second_command(tmp_path: Path) -> None:
 
 def test_install_argv_boots_the_iso_kernel_with_a_serial_console(tmp_path: Path) -> None:
     iso = tmp_path / "arch.iso"
-    argv = install_argv(HW, iso, BOOT, tmp_path / "base")
+    argv = install_argv(HW, iso, BOOT, tmp_path / "base", tmp_path / "stage")
     assert option(argv, "-kernel") == ["/c/vmlinuz-linux"]
     assert option(argv, "-initrd") == ["/c/initramfs-linux.img"]
     append = option(argv, "-append")[0].split()
@@ -66,12 +67,24 @@ def test_install_argv_boots_the_iso_kernel_with_a_serial_console(tmp_path: Path)
     assert option(argv, "-serial") == ["chardev:console"]
     assert option(argv, "-monitor") == ["none"]
     assert "-no-reboot" in argv
-    assert option(argv, "-fsdev") == [f"local,security_model=passthrough,multidevs=remap,id=fsdev-fsRoot,path={tmp_path}/base"]
+    assert option(argv, "-fsdev") == [
+        f"local,security_model=passthrough,multidevs=remap,id=fsdev-fsRoot,path={tmp_path}/base",
+        f"local,security_model=passthrough,multidevs=remap,readonly=on,id=fsdev-pastage,path={tmp_path}/stage",
+    ], "the target read-write, the stage read-only"
+
+
+def test_a_stream_install_does_not_share_the_target_with_the_guest(tmp_path: Path) -> None:
+    stream = Stream(scratch=tmp_path / "w/scratch.img", pipe=tmp_path / "w/stream")
+    argv = install_argv(HW, tmp_path / "arch.iso", BOOT, tmp_path / "base", tmp_path / "w/stage", stream=stream)
+    assert not any(f"path={tmp_path}/base" in value for value in option(argv, "-fsdev")), "the guest could plant links there"
+    assert option(argv, "-fsdev") == [
+        f"local,security_model=passthrough,multidevs=remap,readonly=on,id=fsdev-pastage,path={tmp_path}/w/stage"
+    ]
 
 
 def test_install_argv_passes_the_mirror_and_falls_back_to_the_label(tmp_path: Path) -> None:
     no_uuid = BootFiles(label="ARCH_202405", uuid=None, kernel=BOOT.kernel, initrd=BOOT.initrd)
-    argv = install_argv(HW, tmp_path / "a.iso", no_uuid, tmp_path, mirror="https://m.example/arch")
+    argv = install_argv(HW, tmp_path / "a.iso", no_uuid, tmp_path, tmp_path / "stage", mirror="https://m.example/arch")
     append = option(argv, "-append")[0].split()
     assert "archisolabel=ARCH_202405" in append
     assert "mirror=https://m.example/arch" in append

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ExitCode, ProvisionError
+from provisioner.run import NotFound
 from provisioner.unpack import Summary, UnpackError, agree, escaped, scan, unpack, unpack_from
 from tests.unpack_sandbox import Sandbox, extract_as_root
 
@@ -516,6 +517,23 @@ def test_the_stream_must_be_a_regular_file_reached_without_a_link(box: Sandbox) 
     with pytest.raises(UnpackError, match=r"is not a regular file"):
         unpack(box.canaries, box.target, as_root=AS_ROOT, limit=LIMIT)
     assert box.changes() == []
+    assert box.target_is_pristine()
+
+
+@pytest.mark.parametrize(("path", "as_root", "program"), [([], True, "tar"), (["tar"], False, "unshare")])
+def test_a_missing_program_is_a_host_error(
+    box: Sandbox, monkeypatch: pytest.MonkeyPatch, path: list[str], as_root: bool, program: str
+) -> None:
+    bin_dir = box.root.parent / "bin"
+    bin_dir.mkdir()
+    for name in path:
+        (bin_dir / name).symlink_to(shutil.which(name) or name)
+    box.archive.write_bytes(archive(directory("."), reg("a")))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(NotFound) as caught:
+        unpack(box.archive, box.target, as_root=as_root, limit=LIMIT)
+    assert caught.value.program == program
+    assert caught.value.exit_code == ExitCode.HOST
     assert box.target_is_pristine()
 
 

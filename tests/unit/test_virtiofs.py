@@ -14,6 +14,7 @@ from provisioner.config import Accel
 from provisioner.errors import HostError
 from provisioner.qemu import Hardware, boot_argv
 from provisioner.virtiofs import Flavour, Virtiofsd, find_virtiofsd, flavour_of, fuse_opt_value, nofile_limit, virtiofsd_argv
+from tests.helpers import installed_box
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
 # Excerpts of the two daemons' --help: QEMU 7.2's C one (Debian 12), the Rust one (clap).
@@ -120,7 +121,7 @@ def test_boot_argv_on_virtiofs_shares_memory_and_drops_9p(tmp_path: Path) -> Non
 def test_print_shows_both_commands_and_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     daemon = fake_daemon(tmp_path / "bin", C_HELP)
     monkeypatch.setattr(virtiofs, "CANDIDATES", (daemon,))
-    text = describe(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=False)
+    text = describe(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=False)
     comment, daemon_line, qemu_line = text.splitlines()
     assert comment.startswith("# virtiofsd") and "user namespace" in comment
     assert daemon_line.startswith(f"# {daemon} --fd=3 -o source={tmp_path}/base,cache=always,xattr")

@@ -31,7 +31,7 @@ import pytest
 
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
-from tests.vm.unprivileged import TIMES, E2EUser, as_user
+from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -44,7 +44,7 @@ CONFIG = f"""
 hostname = "{HOSTNAME}"
 packages = {json.dumps(PACKAGES)}
 services = ["sshd"]
-commands = ["touch /root/made-by-a-command"]
+commands = ["touch /root/made-by-a-command", "{{PLANT}}"]
 
 [[users]]
 name = "dev"
@@ -52,6 +52,16 @@ groups = ["wheel"]
 sudo = true
 authorized_keys_files = ["id_ed25519.pub"]
 """
+
+
+# A hostile command: links to the host user's files where the host keeps (or kept) its own,
+# where `run` writes its script and where the stream is unpacked. In the guest they point at
+# nothing; the host must not follow them once the tree is its.
+PLANT = " && ".join([
+    "mkdir -p /.provision-arch",
+    *(f"ln -s @VICTIM@/file /.provision-arch/{name}" for name in ("console.log", "state.json", "stream.tar", "lock")),
+    "ln -s @VICTIM@ /.provision-arch/stage", "ln -s @VICTIM@ /.provision-arch-run", "ln -s @VICTIM@ /.provision-arch-unpack",
+])
 
 
 # What the dev-box steps and `run` use in the installed system: coreutils' install (keys,
@@ -113,7 +123,12 @@ def box(devbox_iso: Path, mirror: Mirror, user: E2EUser, cli: Path, workdir: Pat
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "devbox-e2e", "-f", str(key)], check=True)
     (workdir / "id_ed25519.pub").chmod(0o644)  # read by the CLI, which runs as the e2e user
     config = workdir / "devbox.toml"
-    config.write_text(CONFIG)
+    victim = workdir / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("the host's\n")
+    os.chown(victim, user.uid, user.gid)
+    os.chown(victim / "file", user.uid, user.gid)
+    config.write_text(CONFIG.replace("{PLANT}", PLANT.replace("@VICTIM@", str(victim))))
     password = workdir / "root-password"
     password.write_text(PASSWORD + "\n")
     for path in (config, password):
@@ -237,7 +252,7 @@ def test_pacman_in_the_booted_box_installs_from_the_server(
 
 def test_pacstrap_ran_every_scriptlet_and_hook(box: Box) -> None:
     """pacman reports a failed install scriptlet or hook but still exits 0."""
-    transcript = (box.base / ".provision-arch/console.log").read_text(errors="replace")
+    transcript = user_workspace(box.base).transcript.read_text(errors="replace")
     pacstrap = transcript.split("step pacstrap", 1)[-1].split("step configure", 1)[0]
     assert "error:" not in pacstrap and "failed" not in pacstrap, pacstrap[-3000:]
     assert "Creating system user accounts" in pacstrap
@@ -276,6 +291,17 @@ def test_run_returns_a_non_zero_status_faithfully(box: Box, inside: dict[str, su
     assert result.returncode == 7, result.stderr
     assert events[-1]["type"] == "result" and events[-1]["exit_status"] == 7
     assert "".join(e["text"] for e in events if e["type"] == "output") == "about to fail\n"
+
+
+def test_the_links_the_box_planted_reached_nothing_on_the_host(
+    box: Box, inside: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    """After the install, a boot and two runs over a tree whose root planted links to the host."""
+    victim = box.workdir / "victim"
+    assert sorted(path.name for path in victim.iterdir()) == ["file"]
+    assert (victim / "file").read_text() == "the host's\n"
+    assert (box.base / ".provision-arch/console.log").is_symlink(), "the box keeps what its root made"
+    assert not os.path.lexists(box.base / ".provision-arch-run"), "run replaced the planted link and removed its own"
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:

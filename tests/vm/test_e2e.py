@@ -26,7 +26,7 @@ from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
 from tests.helpers import Entry, differences, tree
-from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_processes
+from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_processes, user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -123,7 +123,8 @@ def test_install_succeeds_with_one_qemu_and_every_step(installed: Installed) -> 
     started = [e["step"] for e in installed.events if e["type"] == "step-started"]
     finished = {e["step"]: e["status"] for e in installed.events if e["type"] == "step-finished"}
     guest = [step.name for step in STEPS if step.enabled(build({"target": installed.base}))]
-    assert started == ["preflight", "read-iso", "stage", "boot", *guest, "poweroff", "manifest"]
+    unpack = ["unpack"] if "stream" in guest else []
+    assert started == ["preflight", "read-iso", "stage", "boot", *guest, "poweroff", *unpack, "manifest"]
     assert set(finished.values()) == {"ok"} and set(finished) == set(started)
     result = installed.events[-1]
     assert result["type"] == "result" and result["paths"]["target"] == str(installed.base)
@@ -170,13 +171,14 @@ def test_password_set_from_the_hash_and_never_written_in_clear(installed: Instal
     root_entry = next(line for line in (base / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
     hashed = root_entry.split(":")[1]
     assert hashed.startswith("$6$") and verifies(PASSWORD, hashed)
-    transcript = base / ".provision-arch/console.log"
+    transcript = user_workspace(base).transcript
     text = transcript.read_text(errors="replace")
     assert "archiso login:" in text and "pacstrap" in text
     for leak in (PASSWORD, hashed):
         assert leak not in text
         assert leak not in result.stdout + result.stderr
-    assert not list(base.rglob("root.chpasswd")), "the staged hash outlived the run"
+    assert not list(base.rglob("*.chpasswd")), "a staged hash outlived the run"
+    assert not list(user_workspace(base).root.rglob("*.chpasswd")), "a staged hash outlived the run"
 
 
 def test_boot_the_result_and_log_in(

@@ -31,6 +31,7 @@ from provisioner.errors import ExitCode
 from tests.standin import repo
 from tests.standin.archive import CHANGED, DAY1, DAY2, Day, installed_versions
 from tests.standin.mirror import Mirror, Request
+from tests.vm.unprivileged import user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -53,7 +54,7 @@ class Install:
         return [r.path for r in self.requests if r.method == "GET" and ".pkg.tar" in r.path and r.status in (200, 206)]
 
     def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.target / ".provision-arch/manifest.json").read_text())
+        data: dict[str, Any] = json.loads(user_workspace(self.target).manifest.read_text())
         return data
 
 
@@ -133,7 +134,7 @@ def test_a_rebuild_from_the_manifest_with_a_warm_cache(
 ) -> None:
     """Run after B (a DAY2-era build): the manifest still brings back DAY1's exact versions."""
     target = workdir / "c"
-    manifest = a.target / ".provision-arch/manifest.json"
+    manifest = user_workspace(a.target).manifest
     done = run("C: --from-manifest A, warm cache", argv(target, workdir, standin_iso, mirror, "--from-manifest",
                                                           str(manifest), "--package-cache", str(workdir / "cache-a")),
                mirror, target)  # fmt: skip
@@ -153,7 +154,7 @@ def test_an_install_killed_during_pacstrap_resumes_to_the_same_manifest(
                    "--install-via", "9p")  # fmt: skip
     killed = run("D: killed during pacstrap", command, mirror, target, kill_at="pacstrap")
     assert killed.returncode == -signal.SIGKILL
-    state = json.loads((target / ".provision-arch/state.json").read_text())
+    state = json.loads(user_workspace(target).state_file.read_text())
     assert state["finished"] is False and "pacstrap" not in state["done"]
     resumed = run("D: resumed", command, mirror, target)
     assert resumed.returncode == 0, resumed.stderr[-4000:]

@@ -1,6 +1,7 @@
 """`provision-arch boot --fs virtiofs`, as an unprivileged user, on a box the stand-in installed.
 
-One install per module (the small package set, as that user); each test boots it. The boot
+One install per module (the small package set, as that user, pinned to a day of the test
+mirror); each test boots it. The boot
 must run virtiofsd in QEMU's user namespace (so guest ids land in the user's subuid range,
 as over 9p), and virtiofsd must end with QEMU however the boot ends: the guest powers off,
 QEMU is killed from outside, or provision-arch itself is killed.
@@ -19,24 +20,28 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.standin.archive import DAY2
+from tests.standin.mirror import Mirror
 from tests.vm.unprivileged import E2EUser, as_user
 
 pytestmark = pytest.mark.vm
 
 PASSWORD = "vfs-Pass-w0rd"  # the throwaway test box's root password
 HOSTNAME = "vfs-box"
+EXTRA = "vim"  # installed with pacman in the box booted over virtiofs
 HOLDER = "sh -c echo ready && read _"  # the command line of the user namespace's holder
 
 
 @pytest.fixture(scope="module")
-def base(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Path:
+def base(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path, mirror: Mirror) -> Path:
     password_file = workdir / "root-password"
     password_file.write_text(PASSWORD + "\n")
     os.chown(password_file, user.uid, user.gid)
     password_file.chmod(0o600)
     target = workdir / "base"
     argv = [str(cli), str(target), "--iso", str(standin_iso), "--password-file", str(password_file),
-            "--hostname", HOSTNAME, "--packages", "base linux mkinitcpio", "--accel", "tcg"]  # fmt: skip
+            "--hostname", HOSTNAME, "--packages", "base linux mkinitcpio", "--accel", "tcg",
+            "--archive-url", mirror.guest_url, "--snapshot", DAY2.date.isoformat()]  # fmt: skip
     result = subprocess.run(as_user(user, workdir, argv), capture_output=True, text=True, timeout=2400, check=False)
     assert result.returncode == 0, f"install: exit {result.returncode}\n{result.stderr[-4000:]}"
     return target
@@ -117,6 +122,10 @@ def test_boot_on_virtiofs_and_log_in(booting: pexpect.spawn[str], user: E2EUser,
     # A file the guest gives uid 1000 must land at subuid base + 999 on the host, as over 9p.
     child.send("touch /root/vfs-uid1000 && chown 1000:1000 /root/vfs-uid1000 && echo CHOWN-$((40+2))\r")
     child.expect("CHOWN-42")
+    # pacman 7 downloads as alpm in its Landlock sandbox, which the box keeps on (docs/pacman7.md).
+    child.send(f"pacman -Sy --noconfirm {EXTRA} >/tmp/pacman.log 2>&1; echo PACMAN-$?-$(pacman -Qq {EXTRA})\r")
+    child.expect(r"PACMAN-(\d+)-(\S*)", timeout=600)
+    assert isinstance(child.match, re.Match) and child.match[1] == "0" and child.match[2] == EXTRA, child.before
     child.send("poweroff\r")
     child.expect(pexpect.EOF, timeout=120)
     child.close()

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.workspace import Workspace
+
 ROOT = Path(__file__).parents[2]
 USER = "provision-e2e"
 # One venv per checkout: several checkouts on one machine (worktrees) must not reinstall
@@ -67,6 +69,13 @@ def install_cli() -> Path:
     subprocess.run([str(VENV / "bin/pip"), "install", "-q", str(ROOT)], check=True, capture_output=True)
     TIMES["install the CLI"] = time.monotonic() - started
     return VENV / "bin/provision-arch"
+
+
+def user_workspace(target: Path, workdir: Path | None = None) -> Workspace:
+    """The workspace the CLI, run by ``as_user`` with ``workdir`` (default: the target's parent)
+    as its home, keeps for ``target``."""
+    home = (workdir or target.parent) / ".local/state/provision-arch"
+    return Workspace.of(target, home=home)
 
 
 def as_user(user: E2EUser, workdir: Path, argv: list[str]) -> list[str]:
