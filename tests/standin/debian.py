@@ -239,7 +239,10 @@ PARTS: tuple[Part, ...] = (
     ),
     Part(
         "openssh", ("openssh-server", "openssh-client", "openssh-sftp-server"),
-        (*_bins("sshd", "ssh", "ssh-keygen", "scp"), "/usr/lib/openssh/sftp-server"),
+        # OpenSSH 9.8+ runs each connection in sshd-session, 10.0 authenticates in sshd-auth:
+        # without them sshd resets every connection ("kex_exchange_identification").
+        (*_bins("sshd", "ssh", "ssh-keygen", "scp"), "/usr/lib/openssh/sftp-server",
+         "/usr/lib/openssh/sshd-session", "/usr/lib/openssh/sshd-auth"),
         "SSH client and server (Debian 13 build)",
     ),
     Part(
@@ -347,6 +350,8 @@ LIBRARY_DESCRIPTIONS: dict[str, str] = {
 COMPAT_LINKS = {
     f"/usr/lib/{MULTIARCH}/systemd": ("systemd", "../systemd"),
     f"/usr/lib/{MULTIARCH}/security": ("pam", "../security"),
+    # Debian's sshd has /usr/lib/openssh/sshd-session and sshd-auth compiled in; Arch's are in /usr/lib/ssh.
+    "/usr/lib/openssh": ("openssh", "ssh"),
 }
 
 # Arch's modes where Debian's differ (setgid shadow does not exist there).
