@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup deps test-deps run demo test test-fast lint standin bench fuzz clean
+.PHONY: setup deps test-deps run demo test test-fast test-trixie-host lint standin bench fuzz clean
 
 TARGET ?= ./base
 ISO ?=
@@ -50,6 +50,11 @@ $(BIN)/provision-arch: pyproject.toml
 # unit, orchestration (fake QEMU), console (real local shells) and vm (real QEMU on the stand-in).
 test: test-deps setup
 	$(BIN)/pytest -v --hypothesis-profile=ci
+
+# The VM tier's core (install, boot over 9p, boot over virtiofs) on Debian 13's QEMU 10 and
+# Rust virtiofsd, chrooted in a cached trixie root (root; not part of make test).
+test-trixie-host: test-deps setup
+	$(BIN)/python -m tests.hosts.trixie
 
 # No VM, no root: a minute.
 test-fast: setup

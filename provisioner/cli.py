@@ -54,6 +54,7 @@ from provisioner.qemu import Hardware, parse_forward, resolve_accel
 from provisioner.run import call
 from provisioner.runbox import RunRequest, run_in_box
 from provisioner.session import Session
+from provisioner.users import SSH_FIX, sshd_enabled
 from provisioner.workspace import Workspace
 
 FILE_ONLY = [row.name for row in option_table() if not row.option.in_cli]
@@ -298,9 +299,14 @@ def boot(
     ] = RootFs.NINEP,
 ) -> None:
     """Boot TARGET with its root shared from this directory; the serial console is this terminal (Ctrl-A X quits QEMU)."""
-    with reporting("boot", target, json=False, verbose=False):
+    with reporting("boot", target, json=False, verbose=False) as events:
         forwards = [parse_forward(ssh_port)] if ssh_port else []
         preflight.check_box(target, start=not print_only)
+        if forwards and not sshd_enabled(target):
+            events.note(
+                f"--ssh-port {ssh_port}: {target} has no sshd enabled, so nothing will answer there; "
+                f"{SSH_FIX} and reinstall, or enable it in the box (systemctl enable --now sshd)"
+            )
         hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel), machine=machine)
         root = preflight.is_root()
         if print_only:

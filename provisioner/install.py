@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote as q
 
-from provisioner import stream, unpack
+from provisioner import stream, unpack, users
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
 from provisioner.config import Config, InstallVia, box_record
 from provisioner.console import Console, Transcript
@@ -431,6 +431,8 @@ def provision(
     if not cfg.password_hash:
         raise ProvisionError("internal: provision() needs the root password hash", "this is a bug in provision-arch")
     events.hide(*cfg.password_hashes)  # out of every event: guest output in an error, a note, a console line
+    if gap := users.ssh_gap(cfg.users, cfg.packages, cfg.services):
+        events.note(gap)
     with session.workspace.locked():
         # Closed to other users while it is written: as root, its device nodes and setuid-root
         # files are real on the host (as with debootstrap). finish() opens it as a root directory.

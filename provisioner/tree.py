@@ -155,7 +155,10 @@ class Tree:
 
     def exists(self, path: PurePosixPath | str) -> bool:
         """Whether ``path`` exists, as an entry of its own (a link counts; nothing is followed)."""
-        parent, name = self._parent_of(path)
+        try:
+            parent, name = self._parent_of(path)
+        except OSError:
+            return False  # its directory is missing, or reached through a link
         try:
             os.stat(name, dir_fd=parent, follow_symlinks=False)
         except OSError:

@@ -27,6 +27,7 @@ from typing import Any
 from provisioner import validate
 from provisioner.password import HASH_RE
 from provisioner.staged import StagedFile
+from provisioner.tree import Tree
 
 HOME = PurePosixPath("/home")
 SUDOERS_D = PurePosixPath("/etc/sudoers.d")
@@ -212,3 +213,24 @@ def password_file(users: Sequence[User]) -> StagedFile | None:
     """The chpasswd -e input for the users with a password hash; None when no user has one."""
     lines = "".join(f"{user.name}:{user.password_hash}\n" for user in users if user.password_hash)
     return StagedFile(PASSWORDS, lines, 0o600, secret=True) if lines else None
+
+
+SSH_UNITS = ("sshd", "sshd.service", "ssh", "ssh.service")  # Arch's unit, and Debian's name for it
+SSH_FIX = "add openssh to packages and sshd to services (config keys, or --packages/--enable-service)"
+
+
+def ssh_gap(users: tuple[User, ...], packages: tuple[str, ...], services: tuple[str, ...]) -> str | None:
+    """A note when users get SSH keys but the box gets no SSH server to use them (or None)."""
+    keyed = [user.name for user in users if user.authorized_keys]
+    if not keyed or ("openssh" in packages and any(unit in SSH_UNITS for unit in services)):
+        return None
+    return f"{', '.join(keyed)} get SSH keys, but the box will run no SSH server: {SSH_FIX}"
+
+
+SSHD_WANTED = "etc/systemd/system/multi-user.target.wants/sshd.service"  # what `systemctl enable sshd` makes
+
+
+def sshd_enabled(target: Path) -> bool:
+    """Whether the installed box starts sshd at boot (looked up in the tree without following links)."""
+    with Tree(target) as tree:
+        return tree.exists(SSHD_WANTED)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from provisioner import users
 from provisioner.errors import ExitCode
 from provisioner.password import hash_password
 from provisioner.workspace import Workspace
@@ -256,3 +257,17 @@ def test_enable_service_on_the_command_line(install: Any, fake: Fake, tmp_path: 
     assert run.finished()["services"] == "ok" and steps.index("password") < steps.index("services") < steps.index("unmount")
     assert "arch-chroot /mnt systemctl enable sshd systemd-resolved.service" in fake.typed()
     assert (tmp_path / "base/etc/systemd/system/multi-user.target.wants/sshd.service").is_symlink()
+
+
+def test_keys_without_an_ssh_server_get_a_note_naming_the_fix(install: Any, tmp_path: Path) -> None:
+    """As a new user tried it: a sudo user with a key, no openssh, no sshd — SSH would never answer."""
+    config = tmp_path / "nossh.toml"
+    config.write_text(f'[[users]]\nname = "dev"\nsudo = true\nauthorized_keys = ["{DEV_KEY}"]\n')
+    run = install("--config", str(config))
+    assert run.exit_code == 0, run.stderr
+    notes = [e["message"] for e in run.events if e["type"] == "note"]
+    assert any("dev get SSH keys, but the box will run no SSH server" in note and "openssh" in note for note in notes)
+    dev = users.User("dev", authorized_keys=(DEV_KEY,))
+    assert users.ssh_gap((dev,), ("base", "openssh"), ("sshd",)) is None
+    assert users.ssh_gap((dev,), ("base", "openssh"), ()) is not None, "the server must also be enabled"
+    assert users.ssh_gap((users.User("ci"),), ("base",), ()) is None, "no keys, nothing to say"

@@ -236,3 +236,14 @@ def test_a_host_without_the_programs_gets_one_line_not_a_traceback(
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == ExitCode.HOST, result.output
     assert "Traceback" not in result.output and "not" in result.output
+
+
+def test_boot_with_an_ssh_port_warns_when_the_box_has_no_sshd(tmp_path: Path) -> None:
+    base = installed_box(tmp_path)
+    result = runner.invoke(app, ["boot", str(base), "--print", "--ssh-port", "2222"])
+    assert result.exit_code == 0, result.output
+    assert "has no sshd enabled" in result.output and "openssh" in result.output
+    wants = base / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "sshd.service").symlink_to("/usr/lib/systemd/system/sshd.service")
+    assert "has no sshd enabled" not in runner.invoke(app, ["boot", str(base), "--print", "--ssh-port", "2222"]).output

@@ -22,6 +22,7 @@ import pexpect
 import pytest
 
 from provisioner.config import Config, InstallVia, build
+from provisioner.errors import ExitCode
 from provisioner.install import STEPS
 from provisioner.password import verifies
 from provisioner.render import rootfs_files
@@ -210,6 +211,28 @@ def test_boot_the_result_and_log_in(
     TIMES["boot, log in, power off"] = time.monotonic() - started
     stat = (base / "root/uid1000").stat()
     assert (stat.st_uid, stat.st_gid) == (user.subuid + 999, user.subgid + 999)
+
+
+def test_a_frozen_init_ends_run_within_seconds(installed: Installed, user: E2EUser, cli: Path, workdir: Path) -> None:
+    """systemd 255+ runs every unit through systemd-executor; without it PID 1 prints "Freezing
+    execution." and hangs for ever. `run` must end there, not wait out its boot timeout."""
+    executor = installed.base / "usr/lib/systemd/systemd-executor"
+    if not executor.exists():
+        pytest.skip("the box's systemd has no systemd-executor (older than 255)")
+    aside = executor.with_name("systemd-executor.aside")
+    executor.rename(aside)
+    try:
+        started = time.monotonic()
+        argv = [str(cli), "run", str(installed.base), "--accel", "tcg", "--json", "--", "true"]
+        result = subprocess.run(as_user(user, workdir, argv), capture_output=True, text=True, timeout=900, check=False)
+        waited = time.monotonic() - started
+    finally:
+        aside.rename(executor)
+    TIMES["run on a box whose PID 1 freezes (boot to the error)"] = waited
+    error = json.loads(result.stdout.splitlines()[-1])
+    assert result.returncode == ExitCode.BOOT, result.stderr[-2000:]
+    assert "Freezing execution" in error["message"], error
+    assert waited < 300, f"{waited:.0f} s: the freeze did not end the wait"
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from provisioner.iso import read_boot_files
 from provisioner.live import live_console
 from provisioner.qemu import cpu_has_virtualisation
 from provisioner.session import Session
+from tests.helpers import staged_secrets
 
 pytestmark = pytest.mark.vm
 
@@ -31,13 +32,16 @@ def test_wrong_uuid_ends_at_the_rescue_shell_with_a_clear_error(standin_iso: Pat
     boot = read_boot_files(standin_iso, tmp_path / "cache")
     wrong = dataclasses.replace(boot, uuid="1999-01-01-00-00-00-00")
     transcript = Transcript(tmp_path / "console.log")
+    session = Session.create(dataclasses.replace(cfg, password_hash="$6$x$unused"))
+    session.stage()  # QEMU shares the stage read-only: it must exist
     started = time.monotonic()
     with (
         pytest.raises(BootFailed, match=r"rescue shell \[rootfs ~\]#") as caught,
-        live_console(Session.create(cfg), standin_iso, wrong, transcript, Bus()),
+        live_console(session, standin_iso, wrong, transcript, Bus()),
     ):
         pass
     transcript.close()
+    session.unstage()
     elapsed = time.monotonic() - started
     print(f"wrong UUID reported after {elapsed:.1f} s")
     assert "archisosearchuuid=1999-01-01-00-00-00-00" not in caught.value.message
@@ -46,7 +50,8 @@ def test_wrong_uuid_ends_at_the_rescue_shell_with_a_clear_error(standin_iso: Pat
 
 
 def qemu_processes_for(target: Path) -> list[int]:
-    """PIDs of QEMU processes whose command line names the target directory."""
+    """PIDs of QEMU processes whose command line names ``target`` (a directory above the box: a
+    stream install shares only the box's workspace with QEMU, not the box)."""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -68,7 +73,7 @@ def test_an_interrupted_run_leaves_no_qemu_behind(standin_iso: Path, tmp_path: P
     argv = [sys.executable, "-m", "provisioner", str(target), "--iso", str(standin_iso), "--password-file", str(password)]
     child = subprocess.Popen([*argv, "--accel", "tcg"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not qemu_processes_for(target):
+    while not qemu_processes_for(tmp_path):
         assert child.poll() is None and time.monotonic() < deadline, "QEMU never started"
         time.sleep(0.2)
     time.sleep(3)  # let the guest get going
@@ -77,11 +82,11 @@ def test_an_interrupted_run_leaves_no_qemu_behind(standin_iso: Path, tmp_path: P
     if signum != signal.SIGKILL:
         assert child.returncode == 130, output
         assert "interrupted; QEMU was stopped" in output
-        assert not list(target.rglob("root.chpasswd")), "the staged hash must not outlive the run"
+        assert not staged_secrets(target), "the staged hash must not outlive the run"
     deadline = time.monotonic() + 30  # after SIGKILL, QEMU learns of it through PR_SET_PDEATHSIG
-    while qemu_processes_for(target) and time.monotonic() < deadline:
+    while qemu_processes_for(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert qemu_processes_for(target) == []
+    assert qemu_processes_for(tmp_path) == []
 
 
 @pytest.mark.skipif(not Path("/dev/kvm").exists() or cpu_has_virtualisation(), reason="needs a host where KVM guests hang")
