@@ -169,9 +169,9 @@ def install_venv(root: Path) -> Path:
     return venv
 
 
-def versions(root: Path) -> None:
-    for argv in (["qemu-system-x86_64", "--version"], ["/usr/libexec/virtiofsd", "--version"]):
-        print(run(["chroot", root, *argv], capture=True).splitlines()[0])
+def versions(root: Path) -> list[str]:
+    return [run(["chroot", root, *argv], capture=True).splitlines()[0]
+            for argv in (["qemu-system-x86_64", "--version"], ["/usr/libexec/virtiofsd", "--version"])]  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -179,9 +179,9 @@ def main(argv: list[str]) -> int:
         split = argv.index("--")
         return inside(Path(argv[1]), [a.removeprefix("--bind=") for a in argv[2:split]], argv[split + 1 :])
     if os.geteuid() != 0:
-        raise SystemExit("run as root: it makes a root with debootstrap and chroots into it")
+        raise SystemExit("run as root: it makes a root with debootstrap and runs the tests in it")
     os.chdir(CHECKOUT)  # `-m tests.hosts.trixie` inside the namespace
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()
     with phase("stand-in ISO and archive (host, cached)"):
         iso, archive = ensure_standin().resolve(), ensure_archive().resolve()
     mirror = debian_mirror()
@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
         ensure_user(root)
     with phase("venv: this checkout's CLI and the test tools"):
         venv = install_venv(root)
-    versions(root)
+    ran = versions(root)
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/hypothesis", "PROVISION_ARCH_STANDIN_ISO": str(iso),
@@ -203,7 +203,9 @@ def main(argv: list[str]) -> int:
     binds = [(CHECKOUT, SRC), (iso.parent, iso.parent), (archive, archive)]
     with phase("VM tests in the root (install, boot over 9p, boot over virtiofs)"):
         status = subprocess.run(enter(root, pytest, binds), check=False).returncode
-    print(f"\ntest-trixie-host: exit {status}; load average {os.getloadavg()}; phases:")
+    loads = [" ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg())]
+    print(f"\ntest-trixie-host: exit {status}; {'; '.join(ran)}; {os.cpu_count()} CPUs, load average {loads[0]} at the start,"
+          f" {loads[1]} at the end")
     for name, seconds in PHASES.items():
         print(f"  {name:<66} {seconds:7.1f} s")
     print(f"  {'total':<66} {time.monotonic() - started:7.1f} s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,8 +62,15 @@ def mirror() -> Iterator[Mirror]:
 
 @pytest.fixture(scope="module")
 def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Installed:
-    """test_e2e's default install, beside test_virtiofs's box (./base) in the same directory."""
-    return install_as(user, cli, workdir, standin_iso, "e2e-base")
+    """test_e2e's default install, beside test_virtiofs's box (./base) in the same directory.
+
+    Its package cache ($XDG_CACHE_HOME/provision-arch/pkg) goes afterwards: the ISO's
+    repository and the stand-in archive build packages of one name and version with different
+    bytes (on Arch they are one file), and test_virtiofs's install would find a cached
+    archlinux-keyring whose checksum is not its mirror's."""
+    done = install_as(user, cli, workdir, standin_iso, "e2e-base")
+    shutil.rmtree(workdir / "cache/provision-arch/pkg")
+    return done
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
