@@ -92,20 +92,26 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_file(tmp_path / "missing.toml")
 
 
+def refused(tmp_path: Path, line: str) -> UsageError:
+    """The error loading a config file of one ``line`` raises."""
+    box = tmp_path / "box.toml"
+    box.write_text(line + "\n")
+    with pytest.raises(UsageError) as caught:
+        load_file(box)
+    return caught.value
+
+
 @pytest.mark.parametrize(
     ("line", "flag"),
     [('log = "~/.bashrc"', "--log FILE"), ('package_cache = "~"', "--package-cache DIR"), ("force = true", "--force"),
      ('password_hash = "$6$x$y"', "")],
 )  # fmt: skip
 def test_keys_a_config_file_may_not_set_are_refused_naming_the_flag(tmp_path: Path, line: str, flag: str) -> None:
-    box = tmp_path / "box.toml"
-    box.write_text(line + "\n")
-    with pytest.raises(UsageError) as caught:
-        load_file(box)
+    error = refused(tmp_path, line)
     key = line.split(" ", maxsplit=1)[0]
-    assert caught.value.message.startswith(f"config key {key!r} is taken only from the command line: a config file may not")
+    assert error.message.startswith(f"config key {key!r} is taken only from the command line: a config file may not")
     safe = "set PROVISION_ARCH_PASSWORD_HASH or use --password-file FILE"
-    assert caught.value.hint == (f"pass {flag} on the command line" if flag else safe)
+    assert error.hint == (f"pass {flag} on the command line" if flag else safe)
 
 
 @pytest.mark.parametrize(
@@ -114,9 +120,6 @@ def test_keys_a_config_file_may_not_set_are_refused_naming_the_flag(tmp_path: Pa
      ('trusted_keys = ["../attacker.asc"]', "--trusted-key FILE"), ('iso = "~/Downloads/arch.iso"', "--iso PATH")],
 )  # fmt: skip
 def test_host_paths_in_a_config_file_stay_in_its_directory(tmp_path: Path, line: str, flag: str) -> None:
-    box = tmp_path / "box.toml"
-    box.write_text(line + "\n")
-    with pytest.raises(UsageError) as caught:
-        load_file(box)
-    assert caught.value.message.startswith(f"config key {line.split(' ', maxsplit=1)[0]}: ")
-    assert caught.value.hint.endswith(f"put the file below {tmp_path}, or pass {flag} on the command line")
+    error = refused(tmp_path, line)
+    assert error.message.startswith(f"config key {line.split(' ', maxsplit=1)[0]}: ")
+    assert error.hint.endswith(f"put the file below {tmp_path}, or pass {flag} on the command line")
