@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.standin.mirror import Mirror
-from tests.vm import test_virtiofs
 from tests.vm.test_e2e import (  # noqa: F401  (collected here)
     Installed,
     install_as,
@@ -28,14 +27,13 @@ from tests.vm.test_e2e import (  # noqa: F401  (collected here)
     test_password_set_from_the_hash_and_never_written_in_clear,
 )
 from tests.vm.test_virtiofs import (  # noqa: F401  (collected here)
-    HOLDER,
     base,
     booting,
     test_boot_on_virtiofs_and_log_in,
     test_provision_arch_killed_takes_qemu_and_virtiofsd_along,
     test_qemu_killed_from_outside_ends_virtiofsd,
 )
-from tests.vm.unprivileged import TIMES, E2EUser, first_range, user_workspace
+from tests.vm.unprivileged import TIMES, E2EUser, first_range
 
 USER = "PROVISION_ARCH_HOST_USER"
 
@@ -73,29 +71,6 @@ def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Ins
     done = install_as(user, cli, workdir, standin_iso, "e2e-base")
     shutil.rmtree(workdir / "cache/provision-arch/pkg")
     return done
-
-
-def boot_processes(user: E2EUser, box: Path) -> dict[int, str]:
-    """test_virtiofs's ``ours``, which also knows QEMU by the box's workspace: QEMU's command
-    line names the box only through the copies of its boot files there (a boot copies them
-    out of the tree), so looking for the box's own path alone never finds QEMU."""
-    marks = (str(box), str(user_workspace(box).root))
-    found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if proc.stat().st_uid != user.uid:
-                continue
-            cmdline = (proc / "cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(mark in cmdline for mark in marks) or cmdline == HOLDER:
-            found[int(proc.name)] = cmdline
-    return found
-
-
-@pytest.fixture(autouse=True)
-def find_qemu_by_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(test_virtiofs, "ours", boot_processes)
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
-from tests.vm.unprivileged import E2EUser, as_user
+from tests.vm.unprivileged import E2EUser, as_user, user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -48,8 +48,10 @@ def base(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path, mirror: Mir
 
 
 def ours(user: E2EUser, base: Path) -> dict[int, str]:
-    """The user's processes that belong to a boot of ``base``: the CLI, QEMU and virtiofsd
-    (they name it in their arguments) and the namespace holder. pid -> command line."""
+    """The user's processes that belong to a boot of ``base``: the CLI and virtiofsd (they name
+    it in their arguments), QEMU (it names the box's workspace, where the boot files are
+    copied out of the tree) and the namespace holder. pid -> command line."""
+    marks = (str(base), str(user_workspace(base).root))
     found = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -58,7 +60,7 @@ def ours(user: E2EUser, base: Path) -> dict[int, str]:
             cmdline = (proc / "cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(base) in cmdline or cmdline == HOLDER:
+        if any(mark in cmdline for mark in marks) or cmdline == HOLDER:
             found[int(proc.name)] = cmdline
     return found
 
