@@ -434,10 +434,10 @@ def provision(
     if gap := users.ssh_gap(cfg.users, cfg.packages, cfg.services):
         events.note(gap)
     with session.workspace.locked():
-        # Closed to other users while it is written: as root, its device nodes and setuid-root
-        # files are real on the host (as with debootstrap). finish() opens it as a root directory.
-        cfg.target.mkdir(mode=0o700, parents=True, exist_ok=True)
-        cfg.target.chmod(0o700)
+        # A root directory's mode: the guest's own users must pass it (pacman 7 downloads its
+        # databases as `alpm` into the target during a 9p pacstrap). What keeps other host users
+        # from the box's setuid files and device nodes is a closed parent (preflight, finish()).
+        cfg.target.mkdir(mode=0o755, parents=True, exist_ok=True)
         with Tree(cfg.target) as tree:
             legacy = tree.exists(LEGACY_STATE)
         if legacy:
@@ -541,7 +541,7 @@ def finish(session: Session, events: Bus, state: State, iso: tuple[Path, str], e
         raise BootFailed(
             f"the install finished but {cfg.target / missing[0]} is missing", f"see the transcript: {session.transcript}"
         )
-    cfg.target.chmod(0o755)  # the box's / (see provision())
+    cfg.target.chmod(0o755)  # the box's /, whatever the tree's "./" said
     if reachable_by_others(cfg.target):
         owner = "root" if is_root() else "you"
         events.note(

@@ -32,8 +32,8 @@ land in the user's subordinate ids as they would on the 9p path.
 Setuid and setgid files are kept: an Arch tree needs them (``sudo``, ``su``, ``passwd``,
 ``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, the box's root is the
 invoking user on the host, so a setuid-root file of the box is setuid to that user for anyone
-on the host who can reach it (the install keeps the target 0700 while it is written and says
-so when the finished box is reachable by others: see docs/trust.md). As root they are real
+on the host who can reach it (an install says so when the finished box is reachable by
+others, and as root refuses such a target: see docs/trust.md). As root they are real
 setuid-root binaries on the host, as after debootstrap, and device nodes are real too (they
 are extracted only as root).
 """

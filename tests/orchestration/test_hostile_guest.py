@@ -164,14 +164,6 @@ def test_a_killed_runs_secrets_go_before_the_next_run_starts(install: Any, fake:
     assert not workspace.stage.exists() and not workspace.scratch.exists()
 
 
-def test_the_target_is_closed_to_others_while_it_is_written(install: Any, fake: Fake, tmp_path: Path) -> None:
-    config = tmp_path / "box.toml"
-    config.write_text('commands = ["stat -c %a . > mode-while-written"]\n')
-    assert install("--config", str(config), "--install-via", "9p").exit_code == 0
-    assert (tmp_path / "base/mode-while-written").read_text().strip() == "700"
-    assert (tmp_path / "base").stat().st_mode & 0o777 == 0o755, "a box's / once it is finished"
-
-
 def test_a_stream_larger_than_the_scratch_disk_is_refused_before_it_fills_the_host(
     install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
