@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 from provisioner.errors import ExitCode
+from provisioner.workspace import ENV, Workspace
 from tests.standin import repo
 from tests.standin.archive import CHANGED, DAY1, DAY2, Day, installed_versions
 from tests.standin.mirror import Mirror, Request
-from tests.vm.unprivileged import user_workspace
 
 pytestmark = pytest.mark.vm
 
@@ -54,7 +54,7 @@ class Install:
         return [r.path for r in self.requests if r.method == "GET" and ".pkg.tar" in r.path and r.status in (200, 206)]
 
     def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(user_workspace(self.target).manifest.read_text())
+        data: dict[str, Any] = json.loads(workspace(self.target).manifest.read_text())
         return data
 
 
@@ -68,6 +68,16 @@ def workdir() -> Iterator[pathlib.Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def state_home(target: pathlib.Path) -> pathlib.Path:
+    """Where the CLI, run as root by these tests, keeps its workspaces: beside the boxes (the
+    module's directory), whatever the test process's own environment says."""
+    return target.parent / "state"
+
+
+def workspace(target: pathlib.Path) -> Workspace:
+    return Workspace.of(target, home=state_home(target))
+
+
 def argv(target: pathlib.Path, workdir: pathlib.Path, iso: pathlib.Path, mirror: Mirror, *extra: str) -> list[str]:
     return [sys.executable, "-m", "provisioner", str(target), "--iso", str(iso), "--password-file", str(workdir / "pw"),
             "--accel", "tcg", "--archive-url", mirror.guest_url, "--json", *extra]  # fmt: skip
@@ -77,7 +87,7 @@ def run(name: str, command: list[str], mirror: Mirror, target: pathlib.Path, kil
     """Run the CLI; with ``kill_at``, SIGKILL it as soon as that step has started."""
     before = len(mirror.requests())
     started = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), ENV: str(state_home(target))}
     with subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as child:  # fmt: skip
         assert child.stdout is not None
@@ -134,7 +144,7 @@ def test_a_rebuild_from_the_manifest_with_a_warm_cache(
 ) -> None:
     """Run after B (a DAY2-era build): the manifest still brings back DAY1's exact versions."""
     target = workdir / "c"
-    manifest = user_workspace(a.target).manifest
+    manifest = workspace(a.target).manifest
     done = run("C: --from-manifest A, warm cache", argv(target, workdir, standin_iso, mirror, "--from-manifest",
                                                           str(manifest), "--package-cache", str(workdir / "cache-a")),
                mirror, target)  # fmt: skip
@@ -154,7 +164,7 @@ def test_an_install_killed_during_pacstrap_resumes_to_the_same_manifest(
                    "--install-via", "9p")  # fmt: skip
     killed = run("D: killed during pacstrap", command, mirror, target, kill_at="pacstrap")
     assert killed.returncode == -signal.SIGKILL
-    state = json.loads(user_workspace(target).state_file.read_text())
+    state = json.loads(workspace(target).state_file.read_text())
     assert state["finished"] is False and "pacstrap" not in state["done"]
     resumed = run("D: resumed", command, mirror, target)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
