@@ -43,11 +43,7 @@ def kernel_files(target: Path) -> Iterator[KernelFiles]:
     workspace.boot.mkdir(mode=0o700, exist_ok=True)
     where = Path(tempfile.mkdtemp(prefix="boot-", dir=workspace.boot))
     try:
-        with Tree(target) as tree:
-            yield KernelFiles(
-                tree.copy_out(BOX_KERNEL, where / "vmlinuz-linux", IN_ROOT),
-                tree.copy_out(BOX_INITRD, where / "initramfs-linux.img", IN_ROOT),
-            )
+        yield copy_kernel(target, where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
@@ -59,10 +55,15 @@ def printed_kernel_files(target: Path) -> KernelFiles:
     workspace.create()
     remove(workspace.printed_boot)
     workspace.printed_boot.mkdir(mode=0o700)
+    return copy_kernel(target, workspace.printed_boot)
+
+
+def copy_kernel(target: Path, where: Path) -> KernelFiles:
+    """The box's kernel and initramfs copied into ``where``, resolved inside the box as it would."""
     with Tree(target) as tree:
         return KernelFiles(
-            tree.copy_out(BOX_KERNEL, workspace.printed_boot / "vmlinuz-linux", IN_ROOT),
-            tree.copy_out(BOX_INITRD, workspace.printed_boot / "initramfs-linux.img", IN_ROOT),
+            tree.copy_out(BOX_KERNEL, where / "vmlinuz-linux", IN_ROOT),
+            tree.copy_out(BOX_INITRD, where / "initramfs-linux.img", IN_ROOT),
         )
 
 

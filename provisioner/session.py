@@ -22,7 +22,7 @@ from provisioner.config import Config, InstallVia
 from provisioner.qemu import Stream
 from provisioner.render import render, rootfs_files
 from provisioner.staged import StagedFile
-from provisioner.workspace import Workspace
+from provisioner.workspace import Workspace, create_private
 
 RUN_ID = ".run-id"  # in the stage: proves to the guest that the share it mounted is this run's
 SNAPSHOT_MIRRORLIST = "snapshot/mirrorlist.j2"
@@ -99,16 +99,14 @@ class Session:
         self.workspace.write_private(self.stage_dir / RUN_ID, (self.run_id + "\n").encode("ascii"))
         if stream := self.stream:
             # Sparse: the guest's file system takes only what it writes. 0600: it will hold the tree.
-            fd = os.open(stream.scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as scratch:
+            with os.fdopen(create_private(stream.scratch), "wb") as scratch:
                 scratch.truncate(SCRATCH_SIZE)
             for end in (".in", ".out"):
                 os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
         for file in self.all_files:
             path = self.staged(file)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
+            with os.fdopen(create_private(path), "wb") as handle:
                 handle.write(file.data)
 
     def unstage(self) -> None:

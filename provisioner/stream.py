@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from provisioner.errors import ExitCode, ProvisionError
+from provisioner.workspace import create_private
 
 CHUNK = 1 << 20
 # Once the guest has written the whole archive, QEMU delivers the rest within milliseconds;
@@ -66,8 +67,7 @@ class Receiver:
 
     def _pump(self) -> None:
         try:
-            fd = os.open(self.into, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(create_private(self.into), "wb") as out:
                 while not self._stop.is_set():
                     ready, _, _ = select.select([self._fd], [], [], 0.2)
                     if not ready:

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from provisioner.errors import ExitCode, ProvisionError
 from provisioner.run import run, wrap
+from provisioner.workspace import create_private
 
 SYS_OPENAT2 = 437  # the same number on every architecture (the syscall table was unified in 5.6)
 
@@ -181,10 +182,8 @@ class Tree:
     def copy_out(self, path: PurePosixPath | str, dest: Path, resolve: Resolve = BENEATH) -> Path:
         """Copy a regular file of the box to ``dest`` on the host (created 0600, never through a link)."""
         try:
-            with os.fdopen(self._open_regular(path, resolve), "rb") as source:
-                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(out, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+            with os.fdopen(self._open_regular(path, resolve), "rb") as source, os.fdopen(create_private(dest), "wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
         except OSError as exc:
             raise self._error(path, exc, "is it an installed box?") from exc
         return dest

@@ -134,8 +134,7 @@ class Workspace:
         """Replace a file of the workspace atomically; 0600."""
         tmp = path.with_name(path.name + ".tmp")
         remove(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(create_private(tmp), "wb") as handle:
             handle.write(data)
         tmp.replace(path)
 
@@ -182,6 +181,11 @@ class Workspace:
         finally:
             os.close(fd)
         return False
+
+
+def create_private(path: Path) -> int:
+    """A new file only we may read, opened for writing: never an existing one, never through a link."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def remove(path: Path) -> None:
