@@ -67,17 +67,28 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
     yield Fake(record)
     for launch in Fake(record).launches():
         assert _gone(launch["pid"]), f"fake QEMU {launch['pid']} outlived the run"
-    assert not leftovers(record), "processes of the fake guest outlived the run"
+    left = leftovers(record)
+    assert not left, f"processes of the fake guest outlived the run: {left}"
 
 
-def leftovers(record: Path) -> list[int]:
-    """Live processes started for this test's fake QEMU (they carry its FAKE_QEMU_DIR)."""
+def leftovers(record: Path, within: float = 10.0) -> dict[int, str]:
+    """Processes started for this test's fake QEMU (they carry its FAKE_QEMU_DIR) still alive
+    ``within`` seconds from now, with their command lines: a process sent SIGKILL a moment ago
+    may not have exited yet, more so on a loaded machine."""
+    deadline = time.monotonic() + within
+    while (found := _marked(record)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def _marked(record: Path) -> dict[int, str]:
     mark = f"FAKE_QEMU_DIR={record}".encode()
-    found = []
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name)) if _alive(int(proc.name)) else None
+            pid = int(proc.name) if proc.name.isdigit() else os.getpid()
+            if pid != os.getpid() and mark in (proc / "environ").read_bytes().split(b"\0") and _alive(pid):
+                found[pid] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             pass
     return found
