@@ -15,12 +15,13 @@ from __future__ import annotations
 import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from enum import StrEnum
 from pathlib import Path
 
-from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Forward, Hardware, KernelFiles, boot_argv
+from provisioner.attach import Share
+from provisioner.config import BootConfig, RootFs
+from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Hardware, KernelFiles, Served, boot_argv, resolve_accel
 from provisioner.run import wrap
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
@@ -28,11 +29,6 @@ from provisioner.workspace import Workspace, remove
 
 # What --print shows in place of the socket a real boot creates.
 SOCKET_PLACEHOLDER = Path("SOCKET")
-
-
-class RootFs(StrEnum):
-    NINEP = "9p"  # QEMU's own 9p server: nothing else to run
-    VIRTIOFS = "virtiofs"  # virtiofsd: faster, one more process
 
 
 @contextmanager
@@ -67,35 +63,70 @@ def copy_kernel(target: Path, where: Path) -> KernelFiles:
         )
 
 
+def over_virtiofs(share: Share, fs: RootFs) -> bool:
+    """A share goes over virtiofs with a virtiofs root, unless it is read-only: QEMU's 9p
+    enforces that on the host (``readonly=on``), which not every virtiofsd can."""
+    return fs is RootFs.VIRTIOFS and not share.readonly
+
+
 @contextmanager
-def boot_command(
-    target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()
-) -> Iterator[list[str]]:
-    """The QEMU command that boots ``target`` on ``fs``; its helpers run until the context ends."""
+def served(target: Path, settings: BootConfig, *, as_root: bool, placeholder: bool = False) -> Iterator[tuple[list[str], Served]]:
+    """The argv prefix QEMU runs behind and how the root and shares reach the box, with the
+    helpers that serve them (for virtiofs: a user namespace when we are not root, then a
+    virtiofsd each) running until the context ends. ``placeholder``: start nothing, name
+    ``SOCKET`` (for ``--print``)."""
     with ExitStack() as helpers:
-        kernel = helpers.enter_context(kernel_files(target))
-        if fs is RootFs.NINEP:
-            yield wrap(boot_argv(hw, target, forwards, kernel=kernel), as_root=as_root)
+        shares = settings.shares
+        if settings.fs is RootFs.NINEP:
+            yield wrap([], as_root=as_root), Served(shares=tuple((share, None) for share in shares))
             return
         daemon = require_virtiofsd()
-        # QEMU joins virtiofsd's namespace rather than making its own: one mapping, one
-        # process to end, and guest ids land in the same subuid range through both.
+        if placeholder:
+            sockets = [SOCKET_PLACEHOLDER] * (1 + len(shares))
+            yield wrap([], as_root=as_root), _served(settings, iter(sockets))
+            return
+        # QEMU joins virtiofsd's namespace rather than making its own: one mapping, processes
+        # to end, and guest ids land in the same subuid range through all.
         enter = [] if as_root else helpers.enter_context(user_namespace())
-        socket = helpers.enter_context(start_virtiofsd(daemon, target, enter))
-        yield [*enter, *boot_argv(hw, target, forwards, virtiofs_socket=socket, kernel=kernel)]
+        root = helpers.enter_context(start_virtiofsd(daemon, target, enter))
+        for_shares = [
+            helpers.enter_context(start_virtiofsd(daemon, share.host, enter, cache="auto"))
+            for share in shares
+            if over_virtiofs(share, settings.fs)
+        ]
+        yield enter, _served(settings, iter([root, *for_shares]))
 
 
-def describe(target: Path, hw: Hardware, fs: RootFs, *, as_root: bool, forwards: Sequence[Forward] = ()) -> str:
+def _served(settings: BootConfig, sockets: Iterator[Path]) -> Served:
+    root = next(sockets) if settings.fs is RootFs.VIRTIOFS else None
+    return Served(root, tuple((share, next(sockets) if over_virtiofs(share, settings.fs) else None) for share in settings.shares))
+
+
+def hardware(settings: BootConfig) -> Hardware:
+    return Hardware(memory=settings.memory, cpus=settings.cpus, accel=resolve_accel(settings.accel), machine=settings.machine)
+
+
+@contextmanager
+def boot_command(target: Path, settings: BootConfig, *, as_root: bool) -> Iterator[list[str]]:
+    """The QEMU command that boots ``target`` as ``settings`` say; its helpers run until the context ends."""
+    with kernel_files(target) as kernel, served(target, settings, as_root=as_root) as (prefix, how):
+        yield [*prefix, *boot_argv(hardware(settings), target, settings.all_forwards, how, kernel=kernel)]
+
+
+def describe(target: Path, settings: BootConfig, *, as_root: bool) -> str:
     """What ``boot_command`` would run, for ``--print``; starts nothing (the boot files are
     copied, as for a boot)."""
-    daemon = require_virtiofsd() if fs is RootFs.VIRTIOFS else None
+    daemon = require_virtiofsd() if settings.fs is RootFs.VIRTIOFS else None
     kernel = printed_kernel_files(target)
+    with served(target, settings, as_root=as_root, placeholder=True) as (prefix, how):
+        argv = [*prefix, *boot_argv(hardware(settings), target, settings.all_forwards, how, kernel=kernel)]
     if daemon is None:
-        return shlex.join(wrap(boot_argv(hw, target, forwards, kernel=kernel), as_root=as_root))
-    argv = virtiofsd_argv(daemon, target, 3, nofile_limit())
+        return shlex.join(argv)
     where = "" if as_root else ", in the user namespace QEMU runs in"
-    return (
-        f"# virtiofsd, given the listening socket {SOCKET_PLACEHOLDER} as descriptor 3{where}:\n"
-        f"# {shlex.join(argv)}\n"
-        + shlex.join(wrap(boot_argv(hw, target, forwards, virtiofs_socket=SOCKET_PLACEHOLDER, kernel=kernel), as_root=as_root))
-    )
+    lines = [f"# virtiofsd, given a listening socket {SOCKET_PLACEHOLDER} as descriptor 3{where}, one per virtiofs device:"]
+    if how.root is not None:
+        lines.append(f"# {shlex.join(virtiofsd_argv(daemon, target, 3, nofile_limit()))}")
+    lines += [
+        f"# {shlex.join(virtiofsd_argv(daemon, share.host, 3, nofile_limit(), 'auto'))}" for share, socket in how.shares if socket
+    ]
+    return "\n".join([*lines, shlex.join(argv)])

@@ -26,15 +26,17 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from provisioner import __version__, preflight, state
-from provisioner.boot import RootFs, boot_command, describe
+from provisioner import __version__, attach, preflight, state
+from provisioner.boot import boot_command, describe
 from provisioner.config import (
-    Accel,
+    BOOT_TABLE,
+    BootConfig,
+    Config,
     InstallVia,
-    MachineType,
     OptionField,
     box_record,
     build,
+    build_boot,
     defaults_shown,
     load_file,
     merge,
@@ -50,7 +52,6 @@ from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
 from provisioner.password import check_hash, hash_password, read_password_file
 from provisioner.preflight import Host, check_host, run_checks
-from provisioner.qemu import Hardware, parse_forward, resolve_accel
 from provisioner.run import call
 from provisioner.runbox import RunRequest, run_in_box
 from provisioner.session import Session
@@ -106,13 +107,6 @@ def main_callback(
     """Build an Arch Linux root in a host directory from the Arch ISO and boot it under QEMU over 9p."""
 
 
-# Options of the commands that boot an installed box (boot, run).
-Memory = Annotated[int, typer.Option(metavar="MIB", help="Guest memory in MiB.")]
-Cpus = Annotated[int, typer.Option(metavar="N", help="Guest CPUs.")]
-AccelOption = Annotated[Accel, typer.Option(help="auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.")]
-MachineOption = Annotated[
-    MachineType, typer.Option(help="QEMU machine type: pc (i440FX, as the install uses; NIC ens3) or q35 (PCIe; NIC enp0s2).")
-]
 Json = Annotated[
     bool, typer.Option("--json", help="Print events as JSON lines on stdout (see README); human text stays on stderr.")
 ]
@@ -151,12 +145,13 @@ def resolve_password(password_file: Path | None, password_hash: str | None) -> s
 
 
 def _cli_type(row: OptionField) -> Any:
-    """The Typer type of an option: lists for repeatable ones, and always optional (None = not given)."""
-    base = row.base_type
+    """The Typer type of an option: lists for repeatable ones, text for those read from text,
+    and always optional (None = not given)."""
+    base = str if row.option.from_text else row.base_type
     return list[base] | None if row.repeatable else base | None  # type: ignore[valid-type]
 
 
-def _cli_option(row: OptionField, shown_default: str) -> Any:
+def _cli_option(row: OptionField, shown_default: str, of: type) -> Any:
     flags = row.flags
     if row.base_type is bool and row.default is True:
         flags = (f"{flags[0]}/{flags[1]}",)  # click's on/off switch
@@ -164,36 +159,53 @@ def _cli_option(row: OptionField, shown_default: str) -> Any:
     if shown_default and "[default" not in help_text:
         help_text += f" [default: {shown_default}]"
     if row.option.in_file:
-        help_text += f" (config key: {row.name})"
+        help_text += f" (config key: {row.name})" if of is Config else f" ([{BOOT_TABLE}] key: {row.name})"
     return typer.Option(*flags, help=help_text, metavar=row.option.metavar, envvar=row.option.envvar, show_default=False)
 
 
-def _with_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` one keyword parameter per row of the option table, after its own."""
-    own = list(inspect.signature(command, eval_str=True).parameters.values())
-    own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    generated = [
-        inspect.Parameter(row.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=Annotated[_cli_type(row), _cli_option(row, shown)])
-        for row, shown in defaults_shown()
-        if row.option.in_cli
-    ]  # fmt: skip
-    signature = inspect.Signature([*own, *generated])
-    command.__signature__ = signature  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    return command
+def _with_options(of: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one keyword parameter per row of an option table (``Config``'s or
+    ``BootConfig``'s), after its own."""
+
+    def give(command: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        generated = [
+            inspect.Parameter(row.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Annotated[_cli_type(row), _cli_option(row, shown, of)])
+            for row, shown in defaults_shown(of)
+            if row.option.in_cli
+        ]  # fmt: skip
+        signature = inspect.Signature([*own, *generated])
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return command
+
+    return give
 
 
-def _option_values(given: dict[str, Any]) -> dict[str, Any]:
-    """Command-line values by config key; lists become tuples, package lists are split."""
+def _option_values(given: dict[str, Any], of: type = Config) -> dict[str, Any]:
+    """Command-line values by config key; lists become tuples, package lists are split, and
+    values given as text are read (shares, forwards)."""
     values: dict[str, Any] = {}
-    for row in option_table():
+    for row in option_table(of):
         value = given.get(row.name)
+        read = row.option.from_text
         if isinstance(value, list):
-            value = split_packages(value) if row.option.split else tuple(value)
+            if row.option.split:
+                value = split_packages(value)
+            else:
+                value = tuple(read(item, row.flags[0]) for item in value) if read else tuple(value)
             value = value or None
+        elif value is not None and read:
+            value = read(value, row.flags[0])
         values[row.name] = value
     return values
+
+
+def boot_settings(given: dict[str, Any], config: Path | None) -> BootConfig:
+    """How to boot: the command line over the config file's [boot] table over the defaults."""
+    return build_boot(merge(_option_values(given, BootConfig), load_file(config, BootConfig) if config else {}))
 
 
 def from_the_manifest(expected: Manifest, given: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +221,7 @@ def from_the_manifest(expected: Manifest, given: dict[str, Any]) -> dict[str, An
 
 
 @app.command(epilog=EPILOG, context_settings=CONTEXT)
-@_with_options
+@_with_options(Config)
 def install(
     ctx: typer.Context,
     target: Annotated[Path, typer.Argument(help="Directory to install into (created if missing; must be empty unless --force).")],
@@ -277,43 +289,43 @@ def install(
         print(boot_line)  # stdout: the one thing a script may want
 
 
+BootConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file whose [{BOOT_TABLE}] table gives any of the options below (the command line wins).",
+    ),
+]
+
+
 @app.command(epilog=EPILOG, context_settings=CONTEXT)
+@_with_options(BootConfig)
 def boot(
     target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch.")],
     *,
     print_only: Annotated[bool, typer.Option("--print", help="Print the QEMU command line instead of running it.")] = False,
-    ssh_port: Annotated[
-        str | None,
-        typer.Option(
-            metavar="[ADDRESS:]PORT",
-            help="Forward this host port to the box's SSH port 22, on 127.0.0.1 unless an address is given "
-            "(0.0.0.0:2222 listens on every interface).",
-        ),
-    ] = None,
-    memory: Memory = 2048,
-    cpus: Cpus = 2,
-    accel: AccelOption = Accel.AUTO,
-    machine: MachineOption = MachineType.PC,
-    fs: Annotated[
-        RootFs, typer.Option(help="How the root is shared: QEMU's 9p, or virtiofs (faster; needs virtiofsd, see doctor).")
-    ] = RootFs.NINEP,
+    config: BootConfigOption = None,
+    **options: Any,
 ) -> None:
     """Boot TARGET with its root shared from this directory; the serial console is this terminal (Ctrl-A X quits QEMU)."""
     with reporting("boot", target, json=False, verbose=False) as events:
-        forwards = [parse_forward(ssh_port)] if ssh_port else []
+        settings = boot_settings(options, config)
         preflight.check_box(target, start=not print_only)
-        if forwards and not sshd_enabled(target):
+        attach.check_shares(settings.shares, target)
+        ssh = [forward for forward in settings.all_forwards if forward.guest_port == attach.SSH_PORT]
+        if ssh and not sshd_enabled(target):
             events.note(
-                f"--ssh-port {ssh_port}: {target} has no sshd enabled, so nothing will answer there; "
-                f"{SSH_FIX} and reinstall, or enable it in the box (systemctl enable --now sshd)"
+                f"host port {ssh[0].host_port} forwards to the box's SSH port, but {target} has no sshd enabled, so "
+                f"nothing will answer there; {SSH_FIX} and reinstall, or enable it in the box (systemctl enable --now sshd)"
             )
-        hw = Hardware(memory=memory, cpus=cpus, accel=resolve_accel(accel), machine=machine)
         root = preflight.is_root()
         if print_only:
-            print(describe(target, hw, fs, as_root=root, forwards=forwards))
+            print(describe(target, settings, as_root=root))
             return
+        attach.check_forwards(settings.all_forwards)
         # One provision-arch per target: no boot of a tree an install or a run is writing.
-        with Workspace.of(target).locked(), boot_command(target, hw, fs, as_root=root, forwards=forwards) as argv:
+        with Workspace.of(target).locked(), boot_command(target, settings, as_root=root) as argv:
             status = call(argv)
     raise typer.Exit(status)
 
@@ -327,6 +339,7 @@ RUN_EPILOG = (
 
 
 @app.command(epilog=RUN_EPILOG, context_settings=CONTEXT)
+@_with_options(BootConfig)
 def run(
     target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch (its init must be systemd).")],
     command: Annotated[list[str], typer.Argument(metavar="COMMAND", help="The command and its arguments, after --.")],
@@ -335,12 +348,10 @@ def run(
     timeout: Annotated[
         float | None, typer.Option(metavar="SECONDS", help="Stop the box if the command runs longer (exit 7).")
     ] = None,
-    memory: Memory = 2048,
-    cpus: Cpus = 2,
-    accel: AccelOption = Accel.AUTO,
-    machine: MachineOption = MachineType.PC,
+    config: BootConfigOption = None,
     json: Json = False,
     verbose: Verbose = False,
+    **options: Any,
 ) -> None:
     """Boot TARGET headless, run COMMAND as --user, stream its output, power off, exit with its status.
 
@@ -353,7 +364,7 @@ def run(
     with reporting("run", target, json=json, verbose=verbose) as events:
         if not json:
             events.sinks.append(_print_output)
-        request = RunRequest(target, tuple(command), user, memory, cpus, accel, timeout, machine)
+        request = RunRequest(target, tuple(command), user, timeout, boot_settings(options, config))
         status = run_in_box(request, events)
         transcript = Workspace.of(target).run_transcript
         paths = {"target": str(target), "transcript": str(transcript)}

@@ -29,11 +29,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from provisioner import validate
+from provisioner import attach, validate
+from provisioner.attach import Forward, Share
 from provisioner.errors import UsageError
 from provisioner.files import CopiedFile, parse_files
 from provisioner.users import User, check_users, parse_users
 
+BOOT_TABLE = "boot"  # the config file's table of BootConfig's keys
 DEFAULT_PACKAGES = ("base", "base-devel", "linux", "vim", "man-db", "man-pages")
 
 # ASCII only, every pattern: \d takes any script's digits (20٢٤-01-01), and re.I lets [a-z]
@@ -65,6 +67,13 @@ class MachineType(StrEnum):
     Q35 = "q35"  # PCIe: the NIC is enp0s2
 
 
+class RootFs(StrEnum):
+    """How a booted box's root (and its shares) reach it."""
+
+    NINEP = "9p"  # QEMU's own 9p server: nothing else to run
+    VIRTIOFS = "virtiofs"  # virtiofsd: faster, one more process
+
+
 class InstallVia(StrEnum):
     NINEP = "9p"  # the guest writes the tree over the share
     STREAM = "stream"  # the guest builds it on a scratch disk and sends one tar to the host
@@ -86,6 +95,8 @@ class Option:
     default_text: str = ""  # what the default means, where the value alone would not say
     # Reads a structured config-file value: (TOML value, config file's directory, key) -> field value.
     parse: Callable[[Any, Path, str], Any] | None = None
+    # Reads a command-line value given as text: (text, flag) -> field value (one item of a repeatable one).
+    from_text: Callable[[str, str], Any] | None = None
     # A secret: as a flag it sits in provision-arch's own argv. The run warns and names the safe
     # ways: the envvar, and these other options (by field name).
     secret: bool = False
@@ -142,11 +153,14 @@ class Config:
         (), "Host files to copy in: [[files]] tables with source, path, mode, owner.", in_cli=False, parse=parse_files
     )
     commands: tuple[str, ...] = option(
-        (), "Shell commands run in the chroot after everything else, in order, each its own step.", in_cli=False,
+        (),
+        "Shell commands run in the chroot after everything else, in order, each its own step.",
+        in_cli=False,
         in_manifest=True,
     )
     pacman_sandbox: bool = option(
-        True, "pacman 7's download sandbox in the installed system, on as Arch ships it; off if pacman reports a Landlock "
+        True,
+        "pacman 7's download sandbox in the installed system, on as Arch ships it; off if pacman reports a Landlock "
         "error (docs/pacman7.md).",
     )
     mirror: str | None = option(
@@ -251,10 +265,7 @@ class Config:
             _check(SNAPSHOT_RE, self.snapshot, "snapshot day", "a day as YYYY-MM-DD, e.g. 2026-11-01")
             if self.mirror is not None:
                 raise UsageError("--snapshot and --mirror both choose the guest's mirror", "give one of them")
-        if not 512 <= self.memory <= 1024 * 1024:
-            raise UsageError(f"memory {self.memory} MiB is out of range", "give --memory in MiB, at least 512")
-        if not 1 <= self.cpus <= 256:
-            raise UsageError(f"cpus {self.cpus} is out of range", "give --cpus between 1 and 256")
+        check_hardware(self.memory, self.cpus)
         if not 0.1 <= self.timeout_scale <= 100:
             raise UsageError(f"timeout scale {self.timeout_scale} is out of range", "give --timeout-scale between 0.1 and 100")
         self._check_devbox()
@@ -278,6 +289,66 @@ class Config:
                     f"{copied.key}.path", f"{str(copied.path)!r} is also written for {written[copied.path]}", "drop one of them"
                 )
             written[copied.path] = copied.key
+
+
+def check_hardware(memory: int, cpus: int) -> None:
+    if not 512 <= memory <= 1024 * 1024:
+        raise UsageError(f"memory {memory} MiB is out of range", "give --memory in MiB, at least 512")
+    if not 1 <= cpus <= 256:
+        raise UsageError(f"cpus {cpus} is out of range", "give --cpus between 1 and 256")
+
+
+def _share(value: Any, base: Path, key: str) -> tuple[Share, ...]:
+    items = value if isinstance(value, list) else [value]
+    return tuple(attach.parse_share(item, f"{key}[{i}]", base) for i, item in enumerate(items))
+
+
+def _forward(value: Any, base: Path, key: str) -> tuple[Forward, ...]:
+    items = value if isinstance(value, list) else [value]
+    return tuple(attach.parse_forward(item, f"{key}[{i}]") for i, item in enumerate(items))
+
+
+def _ssh_port(value: Any, base: Path, key: str) -> Forward:
+    return attach.parse_ssh_port(value, key)
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """How an installed box boots: the options ``boot`` and ``run`` share, and the config
+    file's ``[boot]`` table (the second option table; ``Config`` is the install's)."""
+
+    memory: int = option(2048, "Guest memory in MiB.", metavar="MIB")
+    cpus: int = option(2, "Guest CPUs.", metavar="N")
+    accel: Accel = option(Accel.AUTO, "auto: KVM when /dev/kvm is usable and the CPU has VT-x/AMD-V.", metavar="auto|kvm|tcg")
+    machine: MachineType = option(
+        MachineType.PC, "QEMU machine type: pc (i440FX, as the install uses; NIC ens3) or q35 (PCIe; NIC enp0s2).",
+        metavar="pc|q35",
+    )  # fmt: skip
+    fs: RootFs = option(
+        RootFs.NINEP, "How the root and the shares reach the box: QEMU's 9p, or virtiofs (faster; needs virtiofsd, see "
+        "doctor).", metavar="9p|virtiofs",
+    )  # fmt: skip
+    shares: tuple[Share, ...] = option(
+        (), "Mount a host directory at GUEST in the box, read-only with :ro (repeatable; in a config file, inside its "
+        "directory).", flags=("--share",), metavar="HOST:GUEST[:ro]", parse=_share, from_text=attach.parse_share,
+    )  # fmt: skip
+    forwards: tuple[Forward, ...] = option(
+        (), "Forward a host port to the box, on 127.0.0.1 unless an address is given (repeatable).",
+        flags=("--forward",), metavar="[ADDRESS:]HOSTPORT:GUESTPORT[/udp]", parse=_forward,
+        from_text=attach.parse_forward,
+    )  # fmt: skip
+    ssh_port: Forward | None = option(
+        None, "Forward this host port to the box's SSH port 22, on 127.0.0.1 unless an address is given "
+        "(0.0.0.0:2222 listens on every interface).", metavar="[ADDRESS:]PORT", parse=_ssh_port,
+        from_text=attach.parse_ssh_port,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_hardware(self.memory, self.cpus)
+
+    @property
+    def all_forwards(self) -> tuple[Forward, ...]:
+        return (*self.forwards, *((self.ssh_port,) if self.ssh_port else ()))
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str, hint: str) -> None:
@@ -320,11 +391,12 @@ class OptionField:
 
 
 @cache
-def option_table() -> tuple[OptionField, ...]:
-    hints = typing.get_type_hints(Config)
+def option_table(of: type = Config) -> tuple[OptionField, ...]:
+    """The options of ``Config`` (the install's), or of ``BootConfig`` (boot's and run's)."""
+    hints = typing.get_type_hints(of)
     return tuple(
         OptionField(f.name, hints[f.name], f.default, f.metadata["option"])
-        for f in dataclasses.fields(Config)
+        for f in dataclasses.fields(of)
         if "option" in f.metadata
     )
 
@@ -354,8 +426,8 @@ def secret_in_argv(row: OptionField) -> str:
     )
 
 
-def config_keys() -> frozenset[str]:
-    return frozenset(row.name for row in option_table() if row.option.in_file)
+def config_keys(of: type = Config) -> frozenset[str]:
+    return frozenset(row.name for row in option_table(of) if row.option.in_file)
 
 
 def split_packages(values: list[str]) -> tuple[str, ...]:
@@ -407,8 +479,10 @@ def _from_file(row: OptionField, value: Any, base: Path) -> Any:
     return split_packages(converted) if row.option.split else tuple(converted)
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a TOML config file; unknown keys are an error, so typos do not pass silently."""
+def load_file(path: Path, of: type = Config) -> dict[str, Any]:
+    """Read a TOML config file: the install's keys (``of=Config``) or its ``[boot]`` table's
+    (``of=BootConfig``). Unknown keys are an error, so typos do not pass silently; the install
+    checks the ``[boot]`` table too, so that its errors come before a long install."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -416,8 +490,16 @@ def load_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}", "check the --config path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}", "see README 'Config file'") from exc
-    keys = config_keys()
-    rows = {row.name: row for row in option_table()}
+    boot = data.pop(BOOT_TABLE, {})
+    if not isinstance(boot, dict):
+        raise UsageError(f"config key {BOOT_TABLE!r} in {path} must be a table ([{BOOT_TABLE}])", "see docs/options.md")
+    booting = _values(boot, BootConfig, path, f"[{BOOT_TABLE}] ")
+    return booting if of is BootConfig else _values(data, Config, path, "")
+
+
+def _values(data: dict[str, Any], of: type, path: Path, where: str) -> dict[str, Any]:
+    keys = config_keys(of)
+    rows = {row.name: row for row in option_table(of)}
     for key in sorted(set(data) & set(rows) - keys):
         row = rows[key]
         flag = " ".join(filter(None, (row.flags[0], row.option.metavar)))
@@ -425,7 +507,7 @@ def load_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"config key {key!r} is taken only from the command line: {row.option.not_in_file}", hint)
     unknown = sorted(set(data) - keys)
     if unknown:
-        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}", f"known keys: {', '.join(sorted(keys))}")
+        raise UsageError(f"unknown key(s) in {where}{path}: {', '.join(unknown)}", f"known keys: {', '.join(sorted(keys))}")
     return {key: _from_file(rows[key], value, path.parent) for key, value in data.items()}
 
 
@@ -438,23 +520,36 @@ def merge(cli: Mapping[str, Any], file: Mapping[str, Any]) -> dict[str, Any]:
 
 def build(values: Mapping[str, Any]) -> Config:
     """Make a Config from merged values, turning type errors into usage errors."""
-    kwargs = dict(values)
     try:
-        if "accel" in kwargs:
-            kwargs["accel"] = Accel(kwargs["accel"])
-        for key in ("memory", "cpus"):
-            if key in kwargs:
-                kwargs[key] = int(kwargs[key])
-        if "timeout_scale" in kwargs:
-            kwargs["timeout_scale"] = float(kwargs["timeout_scale"])
-        return Config(**kwargs)
+        return Config(**_typed(values, Config))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid configuration: {exc}", "see provision-arch --help") from exc
 
 
-def defaults_shown() -> Iterator[tuple[OptionField, str]]:
+def build_boot(values: Mapping[str, Any]) -> BootConfig:
+    """Make a BootConfig from merged values, as ``build``."""
+    try:
+        return BootConfig(**_typed(values, BootConfig))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"invalid configuration: {exc}", "see provision-arch boot --help") from exc
+
+
+def _typed(values: Mapping[str, Any], of: type) -> dict[str, Any]:
+    """Numbers and choices given as text (a manifest, a test) in their field's type."""
+    rows = {row.name: row for row in option_table(of)}
+    typed = dict(values)
+    for key, value in values.items():
+        row = rows.get(key)
+        if value is None or row is None or row.repeatable or row.option.parse is not None:
+            continue
+        if row.base_type in (int, float) or (isinstance(row.base_type, type) and issubclass(row.base_type, StrEnum)):
+            typed[key] = row.base_type(value)
+    return typed
+
+
+def defaults_shown(of: type = Config) -> Iterator[tuple[OptionField, str]]:
     """Each option with its default as the README and --help show it ('' when none)."""
-    for row in option_table():
+    for row in option_table(of):
         default = row.default
         if row.option.default_text:
             yield row, row.option.default_text

@@ -381,7 +381,7 @@ def run_checks(host: Host, *, doctor: bool = False) -> Iterator[tuple[Check, lis
     """Each check that applies to this host, with what it found (an empty list: fine)."""
     for check in CHECKS:
         if check.applies(host) and (doctor or not check.doctor_only):
-                    yield check, list(check.run(host))
+            yield check, list(check.run(host))
 
 
 def check_host(host: Host) -> list[Problem]:

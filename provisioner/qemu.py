@@ -11,10 +11,8 @@ time for the guest to power off, then terminates it, then kills it.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +22,9 @@ from typing import NamedTuple
 
 import pexpect
 
+from provisioner.attach import Forward, Share, mount_extra
 from provisioner.config import Accel, MachineType
-from provisioner.errors import HostError, UsageError
+from provisioner.errors import HostError
 from provisioner.iso import BootFiles
 from provisioner.run import die_with_parent
 
@@ -44,13 +43,9 @@ STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the gue
 MSIZE = 512000
 ISO_DEVICE_WAIT = 60  # seconds the archiso hook polls for the ISO's device (its own default is 10)
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-ROOT_APPEND = (
-    f"root={MOUNT_TAG} rw rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap,posixacl console=ttyS0"
-)
+NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", f"msize={MSIZE}", "cache=mmap", "posixacl")
+ROOT_APPEND = f"root={MOUNT_TAG} rw rootfstype=9p rootflags={','.join(NINEP_OPTIONS)} console=ttyS0"
 VIRTIOFS_APPEND = f"root={MOUNT_TAG} rw rootfstype=virtiofs console=ttyS0"
-
-
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -59,33 +54,6 @@ class Hardware:
     cpus: int
     accel: Accel  # KVM or TCG here: AUTO is resolved before argv is built
     machine: MachineType = MachineType.PC
-
-
-@dataclass(frozen=True)
-class Forward:
-    """A host TCP port that QEMU's user network forwards to a guest port."""
-
-    host_port: int
-    guest_port: int = 22
-    address: str = LOOPBACK  # where QEMU listens on the host
-
-    def hostfwd(self) -> str:
-        return f"hostfwd=tcp:{self.address}:{self.host_port}-:{self.guest_port}"
-
-
-def parse_forward(spec: str, guest_port: int = 22, flag: str = "--ssh-port") -> Forward:
-    """``PORT`` (on 127.0.0.1) or ``ADDRESS:PORT`` with an IPv4 address: listening on all
-    interfaces (0.0.0.0) is only ever what the user wrote."""
-    address, colon, port = spec.rpartition(":")
-    address = address if colon else LOOPBACK
-    hint = f"{flag} PORT (on 127.0.0.1) or {flag} ADDRESS:PORT, e.g. {flag} 2222 or {flag} 0.0.0.0:2222"
-    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-        raise UsageError(f"invalid {flag} {spec!r}: the port must be 1-65535", hint)
-    try:
-        ipaddress.IPv4Address(address)
-    except ValueError:
-        raise UsageError(f"invalid {flag} {spec!r}: {address!r} is not an IPv4 address", hint) from None
-    return Forward(int(port), guest_port, address)
 
 
 def netdev(forwards: Sequence[Forward] = ()) -> str:
@@ -222,28 +190,53 @@ def virtiofs_argv(tag: str, socket: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Served:
+    """How a booted box's root and shares reach it: each by the socket of the virtiofsd that
+    serves it, or by QEMU's own 9p (None)."""
+
+    root: Path | None = None
+    shares: tuple[tuple[Share, Path | None], ...] = ()
+
+    @property
+    def virtiofs(self) -> bool:
+        return self.root is not None or any(socket for _, socket in self.shares)
+
+
 def _installed(
     hw: Hardware,
     target: Path,
     append: str,
     forwards: Sequence[Forward],
     *,
-    virtiofs_socket: Path | None = None,
+    served: Served,
     kernel: KernelFiles | None = None,
 ) -> list[str]:
-    """The installed system's kernel and initramfs, booted on its 9p root, or on virtiofs when a
-    virtiofsd listens on ``virtiofs_socket`` (it shares ``target`` then, not QEMU).
+    """The installed system's kernel and initramfs, booted on its root and with its shares, as
+    ``served`` says (a virtiofsd shares ``target`` when ``served.root`` is its socket, not QEMU).
+    Each share is device ``shareN``, mounted by the box's systemd (``attach.mount_extra``).
 
     ``kernel``: the copies QEMU loads; without it (``--print``) the paths in the tree."""
     root = target.resolve()
     kernel = kernel or KernelFiles(root / BOX_KERNEL, root / BOX_INITRD)
-    virtiofs = [*shared_memory_argv(hw.memory), *virtiofs_argv(MOUNT_TAG, virtiofs_socket)] if virtiofs_socket else []
+    devices = shared_memory_argv(hw.memory) if served.virtiofs else []
+    if served.root is not None:
+        devices += virtiofs_argv(MOUNT_TAG, served.root)
+    mounts = []
+    for i, (share, socket) in enumerate(served.shares):
+        tag = f"share{i}"
+        if socket is None:
+            devices += share_argv(tag, share.host, readonly=share.readonly)
+            mounts.append(mount_extra(share, tag, "9p", NINEP_OPTIONS))
+        else:
+            devices += virtiofs_argv(tag, socket)
+            mounts.append(mount_extra(share, tag, "virtiofs", ()))
     return [
-        *_common(hw, None if virtiofs_socket else target, forwards),
-        *virtiofs,
+        *_common(hw, None if served.root else target, forwards),
+        *devices,
         "-kernel", str(kernel.kernel),
         "-initrd", str(kernel.initrd),
-        "-append", append,
+        "-append", " ".join([append, *mounts]),
         "-boot", "strict=on",
     ]  # fmt: skip
 
@@ -252,18 +245,17 @@ def boot_argv(
     hw: Hardware,
     target: Path,
     forwards: Sequence[Forward] = (),
-    virtiofs_socket: Path | None = None,
+    served: Served = Served(),
     kernel: KernelFiles | None = None,
 ) -> list[str]:
-    """The seed's second command: the installed system on its 9p root, or with
-    ``virtiofs_socket`` on virtiofs (the virtiofsd listening there shares ``target``).
+    """The seed's second command: the installed system on its 9p root, or on virtiofs when
+    ``served.root`` is a virtiofsd's socket (that virtiofsd shares ``target``), with its shares.
 
     The console is the user's terminal, multiplexed with the monitor: Ctrl-C goes to the
     guest, Ctrl-A X quits QEMU.
     """
     return [
-        *_installed(hw, target, VIRTIOFS_APPEND if virtiofs_socket else ROOT_APPEND, forwards,
-                    virtiofs_socket=virtiofs_socket, kernel=kernel),
+        *_installed(hw, target, VIRTIOFS_APPEND if served.root else ROOT_APPEND, forwards, served=served, kernel=kernel),
         "-chardev", "stdio,id=console,mux=on,signal=off",
         "-serial", "chardev:console",
         "-mon", "chardev=console,mode=readline",
@@ -275,12 +267,15 @@ def run_argv(
     target: Path,
     kernel_args: Sequence[str],
     forwards: Sequence[Forward] = (),
+    *,
+    served: Served = Served(),
     kernel: KernelFiles | None = None,
 ) -> list[str]:
     """The installed system, headless, for a program: its console is ours alone (no monitor),
     and a reboot or a panic ends QEMU instead of booting again."""
+    append = " ".join([VIRTIOFS_APPEND if served.root else ROOT_APPEND, *kernel_args])
     return [
-        *_installed(hw, target, " ".join([ROOT_APPEND, *kernel_args]), forwards, kernel=kernel),
+        *_installed(hw, target, append, forwards, served=served, kernel=kernel),
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
         "-monitor", "none",

@@ -32,6 +32,7 @@ fake them. Everything between them is the command's output, streamed as it comes
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import shlex
@@ -39,21 +40,20 @@ import textwrap
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from shlex import quote as q
 
 import pexpect
 
-from provisioner import preflight, validate
-from provisioner.boot import kernel_files
-from provisioner.config import Accel, MachineType
+from provisioner import attach, preflight, validate
+from provisioner.boot import hardware, kernel_files, served
+from provisioner.config import Accel, BootConfig
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
 from provisioner.events import Bus, Output
 from provisioner.live import launched
-from provisioner.qemu import Hardware, KernelFiles, Machine, run_argv
-from provisioner.run import wrap
+from provisioner.qemu import KernelFiles, Machine, run_argv
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.workspace import Workspace
 
@@ -74,11 +74,8 @@ class RunRequest:
     target: Path
     argv: tuple[str, ...]
     user: str = "root"
-    memory: int = 2048
-    cpus: int = 2
-    accel: Accel = Accel.AUTO
     timeout: float | None = None  # seconds for the command itself; None: as long as it takes
-    machine: MachineType = MachineType.PC
+    settings: BootConfig = field(default_factory=BootConfig)  # memory, CPUs, machine, root file system, shares, forwards
 
 
 def kernel_args() -> list[str]:
@@ -156,6 +153,8 @@ def run_in_box(request: RunRequest, events: Bus) -> int:
     """Run the request's command in its box; its exit status. Raises a ProvisionError when the
     box fails (it does not boot, powers off too early, or the command outlives --timeout)."""
     check_runnable(request.target, request.user)
+    attach.check_shares(request.settings.shares, request.target)
+    attach.check_forwards(request.settings.all_forwards)
     workspace = Workspace.of(request.target)
     with workspace.locked(), Tree(request.target) as tree, ExitStack() as stack:
         nonce = secrets.token_hex(8)
@@ -171,16 +170,21 @@ def run_in_box(request: RunRequest, events: Bus) -> int:
 
 
 def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus, kernel: KernelFiles) -> int:
-    def make(accel: Accel) -> Machine:
-        hw = Hardware(memory=request.memory, cpus=request.cpus, accel=accel, machine=request.machine)
-        transcript.note(f"starting QEMU ({accel.value})")
-        argv = wrap(run_argv(hw, request.target, kernel_args(), kernel=kernel), as_root=preflight.is_root())
-        return Machine(argv, logfile=transcript)
-
-    shown = textwrap.shorten(shlex.join(request.argv), 60, placeholder=" …")
+    settings = request.settings
     with ExitStack() as stack:
+
+        def make(accel: Accel) -> Machine:
+            hw = dataclasses.replace(hardware(settings), accel=accel)
+            transcript.note(f"starting QEMU ({accel.value})")
+            # Each attempt has its own helpers (a virtiofsd ends with the QEMU it served); they
+            # end after QEMU, with the stack.
+            prefix, how = stack.enter_context(served(request.target, settings, as_root=preflight.is_root()))
+            argv = [*prefix, *run_argv(hw, request.target, kernel_args(), settings.all_forwards, served=how, kernel=kernel)]
+            return Machine(argv, logfile=transcript)
+
+        shown = textwrap.shorten(shlex.join(request.argv), 60, placeholder=" …")
         with events.step("boot", "Booting the box"):
-            machine = stack.enter_context(launched(make, request.accel, 1.0, events))
+            machine = stack.enter_context(launched(make, settings.accel, 1.0, events))
             con = Console(machine.child)
             waiting = "the command's start (systemd.run= on the box's kernel command line)"
             if con.expect({"begin": begin_marker(nonce), "emergency": EMERGENCY}, BOOT_TIMEOUT, waiting) == "emergency":

@@ -400,4 +400,3 @@ def clean(text: str, limit: int = 400) -> str:
     """Tar's words, which can quote guest names: printable, one line, cut short."""
     text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-

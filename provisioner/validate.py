@@ -146,14 +146,14 @@ def mode(value: Any, key: str) -> int:
     if isinstance(value, str):
         digits = value.removeprefix("0o")
         if not re.fullmatch(r"[0-7]{1,5}", digits) or int(digits, 8) > 0o7777:
-            raise refuse(key, f"invalid mode {value!r}", "an octal mode up to 07777, e.g. \"0640\"")
+            raise refuse(key, f"invalid mode {value!r}", 'an octal mode up to 07777, e.g. "0640"')
         number = int(digits, 8)
     elif isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value <= 0o7777:
-            raise refuse(key, f"invalid mode {value!r}", "an octal mode up to 07777: write mode = 0o640 or mode = \"0640\"")
+            raise refuse(key, f"invalid mode {value!r}", 'an octal mode up to 07777: write mode = 0o640 or mode = "0640"')
         number = value
     else:
-        raise refuse(key, f"invalid mode {value!r}", "an octal mode as a string, e.g. \"0640\"")
+        raise refuse(key, f"invalid mode {value!r}", 'an octal mode as a string, e.g. "0640"')
     if number & 0o1000:
         raise refuse(
             key,

@@ -122,16 +122,17 @@ def nofile_limit() -> int:
     return NR_OPEN if hard == resource.RLIM_INFINITY else hard
 
 
-def virtiofsd_argv(daemon: Virtiofsd, source: Path, fd: int, nofile: int) -> list[str]:
+def virtiofsd_argv(daemon: Virtiofsd, source: Path, fd: int, nofile: int, cache: str = "always") -> list[str]:
     """Share ``source`` on the listening socket ``fd`` with the guest's page cache kept
     (``cache=always``: the guest is the tree's only writer while it runs, as with 9p's
-    ``cache=mmap`` root) and xattrs (ACLs, file capabilities). ``chroot`` is the sandbox a
-    namespace's root can set up; ``namespace`` would need more than a user namespace."""
+    ``cache=mmap`` root; a share that the host writes too takes ``auto``) and xattrs (ACLs,
+    file capabilities). ``chroot`` is the sandbox a namespace's root can set up;
+    ``namespace`` would need more than a user namespace."""
     if daemon.flavour is Flavour.C:
         return [
             str(daemon.path),
             f"--fd={fd}",
-            "-o", f"source={fuse_opt_value(source.resolve())},cache=always,xattr",
+            "-o", f"source={fuse_opt_value(source.resolve())},cache={cache},xattr",
             "-o", "sandbox=chroot",
             f"--rlimit-nofile={nofile}",
         ]  # fmt: skip
@@ -139,7 +140,7 @@ def virtiofsd_argv(daemon: Virtiofsd, source: Path, fd: int, nofile: int) -> lis
         str(daemon.path),
         f"--fd={fd}",
         "--shared-dir", str(source.resolve()),
-        "--cache", "always",
+        "--cache", cache,
         "--xattr",
         "--sandbox", "chroot",
         f"--rlimit-nofile={nofile}",
@@ -208,7 +209,7 @@ def user_namespace() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def start_virtiofsd(daemon: Virtiofsd, source: Path, enter: Sequence[str] = ()) -> Iterator[Path]:
+def start_virtiofsd(daemon: Virtiofsd, source: Path, enter: Sequence[str] = (), cache: str = "always") -> Iterator[Path]:
     """Run ``daemon`` sharing ``source`` (inside ``enter``, e.g. a user namespace); yield the
     socket QEMU connects to. On the way out the daemon is ended and reaped, always.
 
@@ -223,7 +224,7 @@ def start_virtiofsd(daemon: Virtiofsd, source: Path, enter: Sequence[str] = ()) 
         try:
             listener.bind(str(path))
             listener.listen(1)
-            argv = [*enter, *virtiofsd_argv(daemon, source, listener.fileno(), nofile_limit())]
+            argv = [*enter, *virtiofsd_argv(daemon, source, listener.fileno(), nofile_limit(), cache)]
             log.debug("+ %s", shlex.join(argv))
             with (runtime / "virtiofsd.log").open("wb") as errors:
                 process = _spawn(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,

@@ -50,11 +50,20 @@ from pathlib import Path
 
 import pexpect
 
-from provisioner.boot import RootFs
-from provisioner.config import Accel
+from provisioner.config import Accel, RootFs
 from provisioner.console import Console, Transcript
 from provisioner.iso import read_boot_files
-from provisioner.qemu import QEMU, Hardware, Machine, boot_argv, resolve_accel, share_argv, shared_memory_argv, virtiofs_argv
+from provisioner.qemu import (
+    QEMU,
+    Hardware,
+    Machine,
+    Served,
+    boot_argv,
+    resolve_accel,
+    share_argv,
+    shared_memory_argv,
+    virtiofs_argv,
+)
 from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namespace
 from tests.standin import repo
 from tests.standin.archive import ensure_archive
@@ -356,7 +365,7 @@ def booted(base: Path, hw: Hardware, root: RootFs, shares: dict[str, tuple[RootF
         def served(path: Path) -> Path:
             return stack.enter_context(start_virtiofsd(daemon, path, enter))
 
-        argv = boot_argv(hw, base, virtiofs_socket=served(base) if root is RootFs.VIRTIOFS else None)
+        argv = boot_argv(hw, base, served=Served(served(base) if root is RootFs.VIRTIOFS else None))
         if root is RootFs.NINEP and any(how is RootFs.VIRTIOFS for how, _ in shares.values()):
             argv += shared_memory_argv(hw.memory)
         for tag, (how, path) in shares.items():

@@ -21,16 +21,15 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner import virtiofs
-from provisioner.boot import RootFs, boot_command
+from provisioner.boot import boot_command
 from provisioner.cli import app
-from provisioner.config import Accel
+from provisioner.config import Accel, BootConfig, RootFs
 from provisioner.errors import ExitCode, HostError
-from provisioner.qemu import Hardware
 from provisioner.workspace import Workspace
 from tests.helpers import installed_box
 from tests.orchestration.conftest import _alive, _gone
 
-HW = Hardware(memory=512, cpus=1, accel=Accel.TCG)
+VIRTIOFS = BootConfig(memory=512, cpus=1, accel=Accel.TCG, fs=RootFs.VIRTIOFS)
 FAKE_VIRTIOFSD = f"""#!{sys.executable}
 import os, socket, sys, time
 if "--help" in sys.argv:
@@ -107,7 +106,7 @@ def socket_of(argv: list[str]) -> str:
 
 
 def test_virtiofsd_ends_by_itself_when_qemu_hangs_up(daemon_dir: Path, tmp_path: Path) -> None:
-    with boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True) as argv:
+    with boot_command(installed_box(tmp_path), VIRTIOFS, as_root=True) as argv:
         path = socket_of(argv)
         with socket.socket(socket.AF_UNIX) as qemu:  # QEMU may connect before the daemon runs
             qemu.connect(path)
@@ -123,7 +122,7 @@ def test_virtiofsd_ends_by_itself_when_qemu_hangs_up(daemon_dir: Path, tmp_path:
 
 def test_virtiofsd_is_terminated_when_the_boot_fails(daemon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_VIRTIOFSD_MODE", "deaf")
-    with pytest.raises(KeyboardInterrupt), boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True):
+    with pytest.raises(KeyboardInterrupt), boot_command(installed_box(tmp_path), VIRTIOFS, as_root=True):
         pid = wait_for_daemon(daemon_dir)
         raise KeyboardInterrupt  # e.g. Ctrl-C while QEMU runs
     assert not _alive(pid)
@@ -131,7 +130,7 @@ def test_virtiofsd_is_terminated_when_the_boot_fails(daemon_dir: Path, tmp_path:
 
 def test_a_failing_daemon_is_reported_and_qemu_refused(daemon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_VIRTIOFSD_MODE", "fail")
-    with pytest.raises(HostError) as error, boot_command(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=True) as argv:
+    with pytest.raises(HostError) as error, boot_command(installed_box(tmp_path), VIRTIOFS, as_root=True) as argv:
         pid = wait_for_daemon(daemon_dir)
         assert _gone(pid)
         # Our copy of the listener is closed: QEMU fails at once instead of waiting forever.

@@ -205,7 +205,7 @@ def test_config_file_type_errors_name_the_key(line: str, message: str, tmp_path:
 def test_boot_forwards_ssh_on_loopback_unless_told(tmp_path: Path, spec: str, hostfwd: str) -> None:
     result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--print", "--accel", "tcg", "--ssh-port", spec])
     assert result.exit_code == 0, result.output
-    argv = shlex.split(result.output.strip())
+    argv = shlex.split(result.stdout.strip())
     assert argv[argv.index("-netdev") + 1] == f"user,id=net0,{hostfwd}"
     assert "-sandbox" in argv
 

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.attach import Forward, parse_forward, parse_ssh_port
 from provisioner.config import Accel
 from provisioner.errors import UsageError
 from provisioner.iso import BootFiles
 from provisioner.qemu import (
-    Forward,
     Hardware,
     Stream,
     boot_argv,
     cpu_has_virtualisation,
     install_argv,
-    parse_forward,
     qemu_value,
     resolve_accel,
     run_argv,
@@ -130,7 +129,7 @@ def test_explicit_accel_is_kept() -> None:
      ("192.168.1.5:65535", Forward(65535, 22, "192.168.1.5")), ("1", Forward(1))],
 )  # fmt: skip
 def test_ssh_port_listens_on_loopback_unless_an_address_is_given(spec: str, forward: Forward) -> None:
-    assert parse_forward(spec) == forward
+    assert parse_ssh_port(spec) == forward
 
 
 @pytest.mark.parametrize(
@@ -139,14 +138,14 @@ def test_ssh_port_listens_on_loopback_unless_an_address_is_given(spec: str, forw
 )
 def test_bad_ssh_ports_are_refused(spec: str) -> None:
     with pytest.raises(UsageError, match="--ssh-port"):
-        parse_forward(spec)
+        parse_ssh_port(spec)
 
 
 def test_boot_argv_forwards_ssh_and_keeps_the_sandbox(tmp_path: Path) -> None:
-    argv = boot_argv(HW, tmp_path / "base", [parse_forward("2222")])
+    argv = boot_argv(HW, tmp_path / "base", [parse_ssh_port("2222")])
     assert option(argv, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
     assert option(argv, "-sandbox") == ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
-    everywhere = boot_argv(HW, tmp_path / "base", [parse_forward("0.0.0.0:2200"), Forward(8080, 80)])
+    everywhere = boot_argv(HW, tmp_path / "base", [parse_ssh_port("0.0.0.0:2200"), parse_forward("8080:80")])
     assert option(everywhere, "-netdev") == ["user,id=net0,hostfwd=tcp:0.0.0.0:2200-:22,hostfwd=tcp:127.0.0.1:8080-:80"]
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 from provisioner import virtiofs
-from provisioner.boot import RootFs, describe
-from provisioner.config import Accel
+from provisioner.boot import describe
+from provisioner.config import Accel, BootConfig, RootFs
 from provisioner.errors import HostError
-from provisioner.qemu import Hardware, boot_argv
+from provisioner.qemu import Hardware, Served, boot_argv
 from provisioner.virtiofs import Flavour, Virtiofsd, find_virtiofsd, flavour_of, fuse_opt_value, nofile_limit, virtiofsd_argv
 from tests.helpers import installed_box
 
 HW = Hardware(memory=2048, cpus=2, accel=Accel.TCG)
+VIRTIOFS, NINEP = (BootConfig(accel=Accel.TCG, fs=fs) for fs in (RootFs.VIRTIOFS, RootFs.NINEP))
 # Excerpts of the two daemons' --help: QEMU 7.2's C one (Debian 12), the Rust one (clap).
 C_HELP = """usage: /usr/lib/qemu/virtiofsd [options]
     -o sandbox=namespace|chroot
@@ -107,7 +108,7 @@ def test_unprivileged_the_daemon_is_asked_in_a_user_namespace(monkeypatch: pytes
 
 def test_boot_argv_on_virtiofs_shares_memory_and_drops_9p(tmp_path: Path) -> None:
     socket = tmp_path / "run/virtiofsd.sock"
-    argv = boot_argv(HW, tmp_path / "base", virtiofs_socket=socket)
+    argv = boot_argv(HW, tmp_path / "base", served=Served(socket))
     assert option(argv, "-object") == ["memory-backend-memfd,id=mem,size=2048M,share=on"]
     assert option(argv, "-numa") == ["node,memdev=mem"]
     assert option(argv, "-m") == ["2048"], "the shared backend must be all of the guest's memory"
@@ -121,20 +122,20 @@ def test_boot_argv_on_virtiofs_shares_memory_and_drops_9p(tmp_path: Path) -> Non
 def test_print_shows_both_commands_and_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     daemon = fake_daemon(tmp_path / "bin", C_HELP)
     monkeypatch.setattr(virtiofs, "CANDIDATES", (daemon,))
-    text = describe(installed_box(tmp_path), HW, RootFs.VIRTIOFS, as_root=False)
+    text = describe(installed_box(tmp_path), VIRTIOFS, as_root=False)
     comment, daemon_line, qemu_line = text.splitlines()
     assert comment.startswith("# virtiofsd") and "user namespace" in comment
     assert daemon_line.startswith(f"# {daemon} --fd=3 -o source={tmp_path}/base,cache=always,xattr")
     assert qemu_line.startswith("unshare --map-auto --map-root-user qemu-system-x86_64 ")
     assert "vhost-user-fs-pci" in qemu_line
-    assert describe(tmp_path / "base", HW, RootFs.NINEP, as_root=True).startswith("qemu-system-x86_64 ")
+    assert describe(tmp_path / "base", NINEP, as_root=True).startswith("qemu-system-x86_64 ")
 
 
 def test_no_daemon_is_a_host_error_with_the_package_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(virtiofs, "CANDIDATES", ())
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(HostError) as error:
-        describe(tmp_path / "base", HW, RootFs.VIRTIOFS, as_root=True)
+        describe(tmp_path / "base", VIRTIOFS, as_root=True)
     assert "qemu-system-common" in error.value.hint
 
 
