@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import socket
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,82 @@ def test_boot_with_an_ssh_port_warns_when_the_box_has_no_sshd(tmp_path: Path) ->
     wants.mkdir(parents=True)
     (wants / "sshd.service").symlink_to("/usr/lib/systemd/system/sshd.service")
     assert "has no sshd enabled" not in runner.invoke(app, ["boot", str(base), "--print", "--ssh-port", "2222"]).output
+
+
+BOOT_TABLE = """
+hostname = "not-read-by-boot"
+
+[boot]
+memory = 1024
+shares = ["src:/src", "data:/srv/data:ro"]
+forwards = ["8080:80", "127.0.0.2:5353:53/udp"]
+"""
+
+
+def test_boot_reads_the_config_files_boot_table_and_the_command_line_wins(tmp_path: Path) -> None:
+    for name in ("src", "data"):
+        (tmp_path / name).mkdir()
+    config = tmp_path / "box.toml"
+    config.write_text(BOOT_TABLE)
+    base = str(installed_box(tmp_path))
+    result = runner.invoke(app, ["boot", base, "--print", "--accel", "tcg", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    argv = shlex.split(result.stdout)
+    assert argv[argv.index("-m") + 1] == "1024"
+    assert argv[argv.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.2:5353-:53"
+    append = argv[argv.index("-append") + 1]
+    assert "systemd.mount-extra=share0:/src:9p:" in append and append.endswith(",ro")
+    fsdevs = [argv[i + 1] for i, word in enumerate(argv) if word == "-fsdev"]
+    assert fsdevs[1].endswith(f"id=fsdev-share0,path={tmp_path}/src")
+    assert fsdevs[2].endswith(f"readonly=on,id=fsdev-share1,path={tmp_path}/data")
+    ours = runner.invoke(app, ["boot", base, "--print", "--accel", "tcg", "--config", str(config), "--memory", "768",
+                               "--forward", "9090:90"])  # fmt: skip
+    argv = shlex.split(ours.stdout)
+    assert argv[argv.index("-m") + 1] == "768"
+    assert argv[argv.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:9090-:90", "the command line's list wins"
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('[boot]\nshares = ["/etc:/x"]', "is not a path relative to"),
+        ('[boot]\nmemory = "lots"', "must be a whole number"),
+        ("[boot]\ncolour = 1", "unknown key(s) in [boot]"),
+        ("boot = 1", "must be a table ([boot])"),
+        ('[boot]\nforwards = ["80"]', "forwards[0]"),
+    ],
+)
+def test_a_bad_boot_table_is_refused_by_boot_and_by_the_install(tmp_path: Path, table: str, said: str) -> None:
+    config = tmp_path / "box.toml"
+    config.write_text(table + "\n")
+    base = str(installed_box(tmp_path))
+    booted = runner.invoke(app, ["boot", base, "--print", "--config", str(config)])
+    assert booted.exit_code == ExitCode.USAGE and said in booted.output, booted.output
+    installed = runner.invoke(app, [str(tmp_path / "new"), "--config", str(config)])
+    assert installed.exit_code == ExitCode.USAGE and said in installed.output, installed.output
+
+
+def test_a_share_that_does_not_exist_or_overlaps_the_box_stops_boot_and_run(tmp_path: Path) -> None:
+    base = installed_box(tmp_path)
+    for runnable in ("usr/lib/systemd/system-generators/systemd-run-generator", "usr/bin/runuser"):
+        (base / runnable).parent.mkdir(parents=True, exist_ok=True)
+        (base / runnable).write_text("")
+    (base / "etc").mkdir()
+    (base / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n")
+    (base / "home").mkdir()
+    for spec, said in ((f"{tmp_path}/nowhere:/x", "does not exist"), (f"{base}/home:/x", "overlaps the box's root")):
+        for command in (["boot", str(base), "--print"], ["run", str(base), "--accel", "tcg"]):
+            tail = ["--", "true"] if command[0] == "run" else []
+            result = runner.invoke(app, [*command, "--share", spec, *tail])
+            assert result.exit_code == ExitCode.USAGE and said in result.output, result.output
+
+
+def test_boot_names_a_busy_host_port_before_qemu_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("provisioner.cli.call", lambda argv: pytest.fail(f"QEMU was started: {argv}"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = runner.invoke(app, ["boot", str(installed_box(tmp_path)), "--accel", "tcg", "--ssh-port", str(port)])
+    assert result.exit_code == ExitCode.HOST, result.output
+    assert f"cannot listen on host port 127.0.0.1:{port}/tcp: another program is using it" in result.output

@@ -10,8 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperGroup
 
-from provisioner.config import defaults_shown
+from provisioner.cli import app
+from provisioner.config import BootConfig, Config, defaults_shown
 from provisioner.errors import EXIT_CODES, ExitCode
 
 ROOT = Path(__file__).parents[2]
@@ -20,10 +23,11 @@ DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 
 
-def options_table() -> str:
-    """The option table as the option table (config.py) says it must read."""
-    lines = ["| option | config key | default | meaning |", "| --- | --- | --- | --- |"]
-    for row, default in defaults_shown():
+def options_table(of: type = Config) -> str:
+    """An option table (the install's, or boot's and run's) as config.py says it must read."""
+    key_column = "config key" if of is Config else "[boot] key"
+    lines = [f"| option | {key_column} | default | meaning |", "| --- | --- | --- | --- |"]
+    for row, default in defaults_shown(of):
         metavar = f" {row.option.metavar}" if row.option.metavar else ""
         flags = (", ".join(f"`{flag}`" for flag in row.flags) + metavar).replace("|", "\\|")
         if not row.option.in_cli:
@@ -36,10 +40,23 @@ def options_table() -> str:
     return "\n".join(lines)
 
 
-def test_options_page_lists_every_option_as_the_code_defines_it() -> None:
-    expected = options_table()
+@pytest.mark.parametrize("of", [Config, BootConfig])
+def test_options_page_lists_every_option_as_the_code_defines_it(of: type) -> None:
+    expected = options_table(of)
     page = DOCS / "options.md"
     assert expected in page.read_text(), f"{page.relative_to(ROOT)}'s option table must read:\n\n{expected}\n"
+
+
+def test_options_page_names_every_option_of_every_command() -> None:
+    """Each command's own options (--print, --user, --json …) as well as the tables'."""
+    page = (DOCS / "options.md").read_text()
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    for name, command in group.commands.items():
+        for param in command.params:
+            for flag in [*param.opts, *param.secondary_opts]:
+                if flag.startswith("-") and flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in page, f"docs/options.md does not name `{name} {flag}`"
 
 
 def test_exit_codes_page_documents_every_exit_code() -> None:

@@ -3,8 +3,10 @@
 One install per module, as the unprivileged e2e user, from a config with a non-root user
 who has sudo and an SSH key, sshd enabled and a command, pinned to a day of the stand-in's
 archive served over HTTP (so the box's mirrorlist names a server the booted box reaches).
-Then the box is booted with `provision-arch boot --ssh-port` on QEMU's pc machine and
-checked from inside over SSH: the key logs in, `sudo -n true` works, PID 1 is systemd,
+Then the box is booted with `provision-arch boot --config` (its [boot] table shares two
+host directories, one read-only) and `--forward PORT:22` on QEMU's pc machine and
+checked from inside over SSH: the shares are mounted, writable and read-only as asked,
+the key logs in, `sudo -n true` works, PID 1 is systemd,
 `systemctl is-system-running` says running, the machine id pacstrap made is kept, the root
 is the 9p share mounted rw, the NIC our .network file matches has 10.0.2.15, resolv.conf
 is resolved's stub, and `pacman -Syu`/`-S` installs a package from the server into the
@@ -51,6 +53,9 @@ name = "dev"
 groups = ["wheel"]
 sudo = true
 authorized_keys_files = ["id_ed25519.pub"]
+
+[boot]
+shares = ["shared:/mnt/shared", "readonly:/mnt/ro:ro"]
 """
 
 
@@ -131,7 +136,10 @@ def box(devbox_iso: Path, mirror: Mirror, user: E2EUser, cli: Path, workdir: Pat
     config.write_text(CONFIG.replace("{PLANT}", PLANT.replace("@VICTIM@", str(victim))))
     password = workdir / "root-password"
     password.write_text(PASSWORD + "\n")
-    for path in (config, password):
+    for name in ("shared", "readonly"):  # the [boot] table's shares, with a file from the host in each
+        (workdir / name).mkdir()
+        (workdir / name / "in").write_text(f"from the host's {name}\n")
+    for path in (config, password, workdir / "shared", workdir / "shared/in", workdir / "readonly", workdir / "readonly/in"):
         os.chown(path, user.uid, user.gid)
     password.chmod(0o600)
     base = workdir / "base"
@@ -163,6 +171,10 @@ CHECKS = {
     "command": "sudo -n test -e /root/made-by-a-command",
     "machine-id": "cat /etc/machine-id; sudo -n journalctl -b -o cat _PID=1 | grep -i 'first.boot' || true",
     "root": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /",
+    # The [boot] table's shares: the host user is root in the box, and :ro holds against root.
+    "shared": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /mnt/shared; cat /mnt/shared/in; "
+              "sudo -n sh -c 'echo from the box > /mnt/shared/out'",
+    "readonly": "findmnt -n -o SOURCE,FSTYPE,OPTIONS /mnt/ro; cat /mnt/ro/in; sudo -n touch /mnt/ro/out",
     # Last: it changes the box. The mirrorlist is the pinned day's, on the host's server.
     "pacman": f"sudo -n pacman -Sy --noconfirm {EXTRA} && pacman -Q {EXTRA}",
 }
@@ -176,12 +188,13 @@ def ssh(port: int, key: Path, command: str, timeout: float = 260) -> subprocess.
 
 @pytest.fixture(scope="module")
 def inside(box: Box) -> dict[str, subprocess.CompletedProcess[str]]:
-    """Boot with `provision-arch boot --ssh-port` as the e2e user, wait until the key logs in,
-    ask CHECKS, power off: the answers."""
+    """Boot with `provision-arch boot --config` (its [boot] table's shares) and `--forward` to
+    port 22 as the e2e user, wait until the key logs in, ask CHECKS, power off: the answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    argv = as_user(box.user, box.workdir, [str(box.cli), "boot", str(box.base), "--accel", "tcg", "--ssh-port", str(port)])
+    argv = as_user(box.user, box.workdir, [str(box.cli), "boot", str(box.base), "--accel", "tcg", "--config",
+                                           str(box.workdir / "devbox.toml"), "--forward", f"{port}:22"])  # fmt: skip
     started = time.monotonic()
     child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace", timeout=600)
     with (box.workdir / "boot-console.log").open("a") as console:
@@ -240,6 +253,21 @@ def test_the_machine_id_is_pacstraps_and_the_root_is_the_9p_share_rw(
     assert inside["root"].stdout.split()[:2] == ["fsRoot", "9p"] and inside["root"].stdout.split()[2].startswith("rw,")
 
 
+def test_the_boot_tables_shares_are_mounted_writable_and_read_only(
+    inside: dict[str, subprocess.CompletedProcess[str]], box: Box
+) -> None:
+    mount, content = inside["shared"].stdout.splitlines()[:2]
+    assert mount.split()[:2] == ["share0", "9p"] and mount.split()[2].startswith("rw,"), mount
+    assert content == "from the host's shared" and inside["shared"].returncode == 0, inside["shared"].stderr
+    written = box.workdir / "shared/out"
+    assert written.read_text() == "from the box\n"
+    assert written.stat().st_uid == box.user.uid, "the box's root is the host user on a share"
+    mount, content = inside["readonly"].stdout.splitlines()[:2]
+    assert mount.split()[:2] == ["share1", "9p"] and content == "from the host's readonly", inside["readonly"].stdout
+    assert inside["readonly"].returncode != 0 and "Read-only file system" in inside["readonly"].stderr
+    assert not (box.workdir / "readonly/out").exists()
+
+
 def test_pacman_in_the_booted_box_installs_from_the_server(
     inside: dict[str, subprocess.CompletedProcess[str]], box: Box, mirror: Mirror
 ) -> None:
@@ -272,7 +300,7 @@ def provision_run(box: Box, *args: str) -> subprocess.CompletedProcess[str]:
 
 # On q35 the NIC is enp0s2 (ens3 on pc): the address shows the .network file matches it too.
 ON_Q35 = (
-    "id -un; echo to-stderr >&2; "
+    "id -un; echo to-stderr >&2; cat /mnt/ro/in; "
     "/usr/lib/systemd/systemd-networkd-wait-online --interface=enp0s2 --timeout=120 >/dev/null; "
     "ip -4 -o addr show dev enp0s2 scope global | awk '{print $2, $4}'"
 )
@@ -280,9 +308,10 @@ ON_Q35 = (
 
 def test_run_returns_zero_and_output_as_the_user_on_q35(box: Box, inside: dict[str, subprocess.CompletedProcess[str]]) -> None:
     """After the booted box's checks (it is powered off by then: one QEMU per directory)."""
-    result = provision_run(box, "--user", "dev", "--machine", "q35", "--", "sh", "-c", ON_Q35)
+    config = str(box.workdir / "devbox.toml")  # its [boot] table's shares are mounted for the command too
+    result = provision_run(box, "--user", "dev", "--machine", "q35", "--config", config, "--", "sh", "-c", ON_Q35)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "dev\nto-stderr\nenp0s2 10.0.2.15/24\n"
+    assert result.stdout == "dev\nto-stderr\nfrom the host's readonly\nenp0s2 10.0.2.15/24\n"
 
 
 def test_run_returns_a_non_zero_status_faithfully(box: Box, inside: dict[str, subprocess.CompletedProcess[str]]) -> None:
