@@ -12,21 +12,26 @@ ExitStack with the VM).
 
 from __future__ import annotations
 
+import secrets
 import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
+from provisioner import ephemeral
 from provisioner.attach import Share
 from provisioner.config import BootConfig, RootFs
+from provisioner.ephemeral import Throwaway
 from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Hardware, KernelFiles, Served, boot_argv, resolve_accel
 from provisioner.run import wrap
-from provisioner.tree import IN_ROOT, Tree
+from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import nofile_limit, require_virtiofsd, start_virtiofsd, user_namespace, virtiofsd_argv
 from provisioner.workspace import Workspace, remove
 
+RUN_DIR = PurePosixPath(".provision-arch-run")  # in the box's root: a directory per boot that needs one
 # What --print shows in place of the socket a real boot creates.
 SOCKET_PLACEHOLDER = Path("SOCKET")
 
@@ -63,6 +68,63 @@ def copy_kernel(target: Path, where: Path) -> KernelFiles:
         )
 
 
+@dataclass(frozen=True)
+class BootDir:
+    """This boot's own directory in the box's tree (``RUN_DIR/ID``): what the box runs from the
+    kernel command line (``run``'s command, a throwaway boot's init)."""
+
+    tree: Tree
+    path: PurePosixPath
+
+    def write(self, name: str, text: str) -> PurePosixPath:
+        """A new executable file in it; its path in the box."""
+        self.tree.write(self.path / name, text.encode(), 0o755)
+        return PurePosixPath("/") / self.path / name
+
+
+@contextmanager
+def boot_dir(target: Path, ident: str, *, shared: bool) -> Iterator[BootDir]:
+    """Make ``RUN_DIR/ident`` in the tree, without following any link, and remove it (and
+    RUN_DIR when no other boot uses it) afterwards. A boot that holds the box alone first
+    removes what killed boots left there, or what the box put there; a throwaway boot
+    (``shared``) leaves the others' directories alone."""
+    with Tree(target) as tree:
+        if not shared:
+            tree.remove(RUN_DIR)
+        for attempt in range(5):  # another throwaway boot may remove an empty RUN_DIR meanwhile
+            try:
+                if not tree.exists(RUN_DIR):
+                    tree.mkdir(RUN_DIR, 0o700)
+                tree.mkdir(RUN_DIR / ident, 0o700)
+                break
+            except TreeError:
+                if attempt == 4:
+                    raise
+        try:
+            yield BootDir(tree, RUN_DIR / ident)
+        finally:
+            tree.remove(RUN_DIR / ident)
+            tree.rmdir(RUN_DIR)
+
+
+@contextmanager
+def throwaway_layer(target: Path, settings: BootConfig, files: BootDir, ident: str) -> Iterator[Throwaway | None]:
+    """For ``--ephemeral``: the init in ``files`` and the scratch disk in the workspace (removed
+    when the context ends); None for a boot that writes the tree."""
+    if not settings.ephemeral:
+        yield None
+        return
+    init = files.write("init", ephemeral.init_script())
+    where = Workspace.of(target).throwaway(ident)
+    where.mkdir(mode=0o700, parents=True)
+    disk = where / "disk.img"
+    try:
+        ephemeral.make_scratch(disk)
+        yield Throwaway(disk, init)
+    finally:
+        disk.unlink(missing_ok=True)
+
+
 def over_virtiofs(share: Share, fs: RootFs) -> bool:
     """A share goes over virtiofs with a virtiofs root, unless it is read-only: QEMU's 9p
     enforces that on the host (``readonly=on``), which not every virtiofsd can."""
@@ -70,15 +132,17 @@ def over_virtiofs(share: Share, fs: RootFs) -> bool:
 
 
 @contextmanager
-def served(target: Path, settings: BootConfig, *, as_root: bool, placeholder: bool = False) -> Iterator[tuple[list[str], Served]]:
+def served(
+    target: Path, settings: BootConfig, *, as_root: bool, placeholder: bool = False, throwaway: Throwaway | None = None
+) -> Iterator[tuple[list[str], Served]]:
     """The argv prefix QEMU runs behind and how the root and shares reach the box, with the
     helpers that serve them (for virtiofs: a user namespace when we are not root, then a
     virtiofsd each) running until the context ends. ``placeholder``: start nothing, name
-    ``SOCKET`` (for ``--print``)."""
+    ``SOCKET`` (for ``--print``). ``throwaway``: the root read-only under that layer (9p only)."""
     with ExitStack() as helpers:
         shares = settings.shares
         if settings.fs is RootFs.NINEP:
-            yield wrap([], as_root=as_root), Served(shares=tuple((share, None) for share in shares))
+            yield wrap([], as_root=as_root), Served(shares=tuple((share, None) for share in shares), throwaway=throwaway)
             return
         daemon = require_virtiofsd()
         if placeholder:
@@ -108,8 +172,17 @@ def hardware(settings: BootConfig) -> Hardware:
 
 @contextmanager
 def boot_command(target: Path, settings: BootConfig, *, as_root: bool) -> Iterator[list[str]]:
-    """The QEMU command that boots ``target`` as ``settings`` say; its helpers run until the context ends."""
-    with kernel_files(target) as kernel, served(target, settings, as_root=as_root) as (prefix, how):
+    """The QEMU command that boots ``target`` as ``settings`` say; its helpers (and a throwaway
+    boot's layer) last until the context ends."""
+    with ExitStack() as stack:
+        kernel = stack.enter_context(kernel_files(target))
+        layer = None
+        if settings.ephemeral:
+            ident = secrets.token_hex(8)
+            layer = stack.enter_context(
+                throwaway_layer(target, settings, stack.enter_context(boot_dir(target, ident, shared=True)), ident)
+            )
+        prefix, how = stack.enter_context(served(target, settings, as_root=as_root, throwaway=layer))
         yield [*prefix, *boot_argv(hardware(settings), target, settings.all_forwards, how, kernel=kernel)]
 
 

@@ -321,11 +321,17 @@ def boot(
             )
         root = preflight.is_root()
         if print_only:
+            if settings.ephemeral:
+                raise UsageError(
+                    "--print cannot show an --ephemeral boot: its scratch disk and init exist only while it runs",
+                    "drop --print, or --ephemeral",
+                )
             print(describe(target, settings, as_root=root))
             return
         attach.check_forwards(settings.all_forwards)
-        # One provision-arch per target: no boot of a tree an install or a run is writing.
-        with Workspace.of(target).locked(), boot_command(target, settings, as_root=root) as argv:
+        # One provision-arch per target, but throwaway boots may run together: they leave the tree alone.
+        lock = Workspace.of(target).locked(shared=settings.ephemeral)
+        with lock, boot_command(target, settings, as_root=root) as argv:
             status = call(argv)
     raise typer.Exit(status)
 
@@ -365,8 +371,7 @@ def run(
         if not json:
             events.sinks.append(_print_output)
         request = RunRequest(target, tuple(command), user, timeout, boot_settings(options, config))
-        status = run_in_box(request, events)
-        transcript = Workspace.of(target).run_transcript
+        status, transcript = run_in_box(request, events)
         paths = {"target": str(target), "transcript": str(transcript)}
         message = f"{shlex.join(command)} exited with status {status} in {target}"
         events.emit(RunResult("ok", message, round(time.monotonic() - started, 3), paths, status))

@@ -343,8 +343,19 @@ class BootConfig:
         from_text=attach.parse_ssh_port,
     )  # fmt: skip
 
+    ephemeral: bool = option(
+        False, "Throwaway boot: the box's writes go to a scratch disk that is deleted after it, and its tree stays as it "
+        "was; several may run on one box at once (root over 9p, read-only on the host).",
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         check_hardware(self.memory, self.cpus)
+        if self.ephemeral and self.fs is RootFs.VIRTIOFS:
+            raise UsageError(
+                "--ephemeral takes the root over 9p: QEMU holds it read-only on the host, which a virtiofsd cannot "
+                "everywhere",
+                "drop --fs virtiofs, or boot without --ephemeral",
+            )
 
     @property
     def all_forwards(self) -> tuple[Forward, ...]:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import pexpect
 
+from provisioner import ephemeral
 from provisioner.attach import Forward, Share, mount_extra
 from provisioner.config import Accel, MachineType
 from provisioner.errors import HostError
@@ -193,10 +194,12 @@ def virtiofs_argv(tag: str, socket: Path) -> list[str]:
 @dataclass(frozen=True)
 class Served:
     """How a booted box's root and shares reach it: each by the socket of the virtiofsd that
-    serves it, or by QEMU's own 9p (None)."""
+    serves it, or by QEMU's own 9p (None); with ``throwaway``, the root read-only under an
+    overlay."""
 
     root: Path | None = None
     shares: tuple[tuple[Share, Path | None], ...] = ()
+    throwaway: ephemeral.Throwaway | None = None
 
     @property
     def virtiofs(self) -> bool:
@@ -222,6 +225,13 @@ def _installed(
     devices = shared_memory_argv(hw.memory) if served.virtiofs else []
     if served.root is not None:
         devices += virtiofs_argv(MOUNT_TAG, served.root)
+    elif served.throwaway is not None:
+        devices += share_argv(MOUNT_TAG, target, readonly=True)
+        devices += [
+            "-drive", f"file={qemu_value(served.throwaway.disk)},if=none,id=throwaway,format=raw,discard=unmap",
+            "-device", f"virtio-blk-pci,drive=throwaway,serial={ephemeral.SERIAL}",
+        ]  # fmt: skip
+        append = ephemeral.root_append(append, served.throwaway.init)
     mounts = []
     for i, (share, socket) in enumerate(served.shares):
         tag = f"share{i}"
@@ -232,7 +242,7 @@ def _installed(
             devices += virtiofs_argv(tag, socket)
             mounts.append(mount_extra(share, tag, "virtiofs", ()))
     return [
-        *_common(hw, None if served.root else target, forwards),
+        *_common(hw, None if served.root or served.throwaway else target, forwards),
         *devices,
         "-kernel", str(kernel.kernel),
         "-initrd", str(kernel.initrd),

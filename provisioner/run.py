@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -39,7 +40,15 @@ PACKAGES = {
     "chown": "coreutils",
     "gpgv": "gpgv",
     "sh": "dash",
+    "mkfs.ext4": "e2fsprogs",
 }
+# Where administration tools live that an unprivileged user's PATH may leave out (Debian's).
+SBIN = ("/usr/sbin", "/sbin")
+
+
+def sbin_program(name: str) -> str:
+    """``name`` on PATH or in an sbin directory: its path, or ``name`` for require() to refuse."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN])) or name
 
 
 class NotFound(HostError):

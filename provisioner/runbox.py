@@ -9,8 +9,8 @@ Nothing crosses the console but output, no password or key exists for the run, a
 needs no sshd and no network.
 
 The kernel command line names only a script that provision-arch writes into the box before
-QEMU starts (``TARGET/.provision-arch-run/command``, made anew without following any link
-and removed afterwards, see ``tree``), so the command's words never pass through the
+QEMU starts (``TARGET/.provision-arch-run/ID/command``, made anew without following any link
+and removed afterwards, see ``boot.boot_dir``), so the command's words never pass through the
 command line's quoting. The script:
 
 - sends its own output to /dev/console, the serial console (the unit's stdout goes to
@@ -46,10 +46,11 @@ from shlex import quote as q
 
 import pexpect
 
-from provisioner import attach, preflight, validate
-from provisioner.boot import hardware, kernel_files, served
+from provisioner import attach, ephemeral, preflight, validate
+from provisioner.boot import boot_dir, hardware, kernel_files, served, throwaway_layer
 from provisioner.config import Accel, BootConfig
 from provisioner.console import Console, Transcript
+from provisioner.ephemeral import Throwaway
 from provisioner.errors import BootFailed, ConsoleTimeout, UsageError
 from provisioner.events import Bus, Output
 from provisioner.live import launched
@@ -57,9 +58,6 @@ from provisioner.qemu import KernelFiles, Machine, run_argv
 from provisioner.tree import IN_ROOT, Tree
 from provisioner.workspace import Workspace
 
-RUN_DIR = PurePosixPath(".provision-arch-run")  # in the box's root, for one run
-SCRIPT = RUN_DIR / "command"
-GUEST_SCRIPT = PurePosixPath("/") / SCRIPT
 RUN_GENERATOR = "usr/lib/systemd/system-generators/systemd-run-generator"
 RUNUSER = ("usr/bin/runuser", "usr/sbin/runuser")  # Arch merges sbin into bin; either will do
 BOOT_TIMEOUT = 900.0  # seconds from QEMU's start to the start marker (TCG on a busy host is slow)
@@ -78,10 +76,10 @@ class RunRequest:
     settings: BootConfig = field(default_factory=BootConfig)  # memory, CPUs, machine, root file system, shares, forwards
 
 
-def kernel_args() -> list[str]:
-    """What the kernel command line adds to the box's own (ROOT_APPEND) for a run."""
+def kernel_args(command: PurePosixPath) -> list[str]:
+    """What the kernel command line adds to the box's own (ROOT_APPEND) for a run of ``command``."""
     return [
-        f"systemd.run={GUEST_SCRIPT}",
+        f"systemd.run={command}",
         "systemd.run_success_action=poweroff",
         "systemd.run_failure_action=poweroff",
         "systemd.show_status=false",
@@ -149,28 +147,43 @@ def check_runnable(target: Path, user: str) -> None:
         )
 
 
-def run_in_box(request: RunRequest, events: Bus) -> int:
-    """Run the request's command in its box; its exit status. Raises a ProvisionError when the
-    box fails (it does not boot, powers off too early, or the command outlives --timeout)."""
+def run_in_box(request: RunRequest, events: Bus) -> tuple[int, Path]:
+    """Run the request's command in its box; its exit status and the run's transcript. Raises
+    a ProvisionError when the box fails (it does not boot, powers off too early, or the
+    command outlives --timeout)."""
     check_runnable(request.target, request.user)
-    attach.check_shares(request.settings.shares, request.target)
-    attach.check_forwards(request.settings.all_forwards)
+    settings = request.settings
+    attach.check_shares(settings.shares, request.target)
+    attach.check_forwards(settings.all_forwards)
     workspace = Workspace.of(request.target)
-    with workspace.locked(), Tree(request.target) as tree, ExitStack() as stack:
-        nonce = secrets.token_hex(8)
-        transcript = Transcript(workspace.run_transcript)
+    nonce = secrets.token_hex(8)  # also names this run's directories
+    with workspace.locked(shared=settings.ephemeral), ExitStack() as stack:
+        files = stack.enter_context(boot_dir(request.target, nonce, shared=settings.ephemeral))
+        command = files.write("command", script(request.user, request.argv, nonce))
+        layer = stack.enter_context(throwaway_layer(request.target, settings, files, nonce))
+        if settings.ephemeral:
+            workspace.prune_throwaways()
+        path = workspace.throwaway(nonce) / "console.log" if layer else workspace.run_transcript
+        transcript = Transcript(path)
         stack.callback(transcript.close)
-        tree.remove(RUN_DIR)  # what a killed run left, or what the box put there
-        stack.callback(tree.remove, RUN_DIR)
-        tree.mkdir(RUN_DIR, 0o700)
-        tree.write(SCRIPT, script(request.user, request.argv, nonce).encode(), 0o755)
         transcript.note(f"run as {request.user}: {shlex.join(request.argv)}")
         kernel = stack.enter_context(kernel_files(request.target))
-        return _run(request, nonce, transcript, events, kernel)
+        return _run(request, Booting(nonce, command, layer, kernel), transcript, events), path
 
 
-def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus, kernel: KernelFiles) -> int:
+@dataclass(frozen=True)
+class Booting:
+    """What one run boots with: its nonce, its command in the box, a throwaway layer, the kernel."""
+
+    nonce: str
+    command: PurePosixPath
+    layer: Throwaway | None
+    kernel: KernelFiles
+
+
+def _run(request: RunRequest, booting: Booting, transcript: Transcript, events: Bus) -> int:
     settings = request.settings
+    nonce = booting.nonce
     with ExitStack() as stack:
 
         def make(accel: Accel) -> Machine:
@@ -178,8 +191,10 @@ def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus, k
             transcript.note(f"starting QEMU ({accel.value})")
             # Each attempt has its own helpers (a virtiofsd ends with the QEMU it served); they
             # end after QEMU, with the stack.
-            prefix, how = stack.enter_context(served(request.target, settings, as_root=preflight.is_root()))
-            argv = [*prefix, *run_argv(hw, request.target, kernel_args(), settings.all_forwards, served=how, kernel=kernel)]
+            served_as = served(request.target, settings, as_root=preflight.is_root(), throwaway=booting.layer)
+            prefix, how = stack.enter_context(served_as)
+            args = kernel_args(booting.command)
+            argv = [*prefix, *run_argv(hw, request.target, args, settings.all_forwards, served=how, kernel=booting.kernel)]
             return Machine(argv, logfile=transcript)
 
         shown = textwrap.shorten(shlex.join(request.argv), 60, placeholder=" …")
@@ -187,9 +202,17 @@ def _run(request: RunRequest, nonce: str, transcript: Transcript, events: Bus, k
             machine = stack.enter_context(launched(make, settings.accel, 1.0, events))
             con = Console(machine.child)
             waiting = "the command's start (systemd.run= on the box's kernel command line)"
-            if con.expect({"begin": begin_marker(nonce), "emergency": EMERGENCY}, BOOT_TIMEOUT, waiting) == "emergency":
+            outcomes = {"begin": begin_marker(nonce), "emergency": EMERGENCY, "throwaway": f"{re.escape(ephemeral.FAILED)}.*"}
+            seen = con.expect(outcomes, BOOT_TIMEOUT, waiting)
+            if seen == "emergency":
                 hint = "boot it with provision-arch boot to see why"
                 raise BootFailed("the box stopped in systemd's emergency mode", hint, output=con.output_so_far())
+            if seen == "throwaway":
+                raise BootFailed(
+                    "the box could not set up its throwaway layer (--ephemeral)",
+                    "its kernel needs virtio_blk, ext4 and overlay (Arch's linux has them); see the run's transcript",
+                    output=con.output_so_far(),
+                )
         with events.step("command", f"Running {shown} as {request.user}"):
             status = stream(machine.child, nonce, events, request.timeout)
         with events.step("poweroff", "Powering off"):

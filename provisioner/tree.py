@@ -241,6 +241,21 @@ class Tree:
         finally:
             os.close(parent)
 
+    def rmdir(self, path: PurePosixPath | str) -> None:
+        """Remove a directory of the tree if it is empty (another boot may just have put an
+        entry in it: then it stays). Missing is fine."""
+        try:
+            parent, name = self._parent_of(path)
+        except OSError:
+            return
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise self._error(path, exc, "remove it by hand") from exc
+        finally:
+            os.close(parent)
+
     def listdir(self, path: PurePosixPath | str) -> list[str]:
         """The names in a directory of the tree (reached without links); OSError if it is none."""
         fd = openat(self.fd, path, os.O_RDONLY | os.O_DIRECTORY)

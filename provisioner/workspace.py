@@ -15,7 +15,9 @@ in the user's state directory (``$XDG_STATE_HOME/provision-arch/boxes/NAME-HASH`
 - ``scratch.img``, ``stream``, ``stream.tar`` — the stream install's disk, port and
   archive;
 - ``boot/`` — the kernel and initramfs, copied out of the tree for each boot;
-  ``printed-boot/`` the copies a ``boot --print`` command line names.
+  ``printed-boot/`` the copies a ``boot --print`` command line names;
+- ``throwaway/ID/`` — one ``--ephemeral`` boot's scratch disk (``disk.img``, removed when
+  it ends) and its run's transcript (``console.log``; the newest ``KEEP_THROWAWAY`` are kept).
 
 ``Workspace`` is the one owner of these paths; no other module joins them.
 """
@@ -35,6 +37,8 @@ from pathlib import Path
 from provisioner.errors import HostError
 
 ENV = "PROVISION_ARCH_STATE"  # overrides the state directory (tests, or a disk with room)
+KEEP_THROWAWAY = 20  # finished throwaway boots whose transcripts are kept
+SHARED_HOLDER = "ephemeral\n"  # the lock file's text while throwaway boots hold it
 
 
 def state_home() -> Path:
@@ -111,6 +115,18 @@ class Workspace:
         """The copies ``boot --print`` names in its command line (kept until the next --print)."""
         return self.root / "printed-boot"
 
+    def throwaway(self, ident: str) -> Path:
+        """The directory of one --ephemeral boot (see the module's doc)."""
+        return self.root / "throwaway" / ident
+
+    def prune_throwaways(self) -> None:
+        """Remove all but the newest KEEP_THROWAWAY finished throwaway boots (a running one
+        still has its disk)."""
+        top = self.root / "throwaway"
+        finished = [path for path in top.iterdir() if not (path / "disk.img").exists()] if top.is_dir() else []
+        for path in sorted(finished, key=lambda p: p.stat().st_mtime)[:-KEEP_THROWAWAY]:
+            remove(path)
+
     @property
     def leftovers(self) -> tuple[Path, ...]:
         """What a run writes and removes when it ends; a killed run leaves them for the next to remove.
@@ -124,6 +140,7 @@ class Workspace:
             self.pipe.with_name("stream.out"),
             self.archive,
             self.boot,
+            self.root / "throwaway",
         )
 
     def clean(self) -> None:
@@ -146,26 +163,36 @@ class Workspace:
 
     def busy(self) -> tuple[str, str]:
         holder = self.holder()
+        if holder == SHARED_HOLDER.strip():
+            return (
+                f"throwaway boots (--ephemeral) are running on {self.target}",
+                "wait for them to finish, or add --ephemeral: throwaway boots may run together",
+            )
         return (
             f"another provision-arch (pid {holder}) is working on {self.target}",
             f"wait for it to finish, or stop it (kill {holder}); its lock goes with it",
         )
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the target's lock for the run: a second provision-arch on the same target stops early.
+    def locked(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the target's lock for the run: a second provision-arch on the same target stops
+        early. ``shared``: for a throwaway boot, which leaves the tree alone; any number of
+        them may hold it at once, but not with a run that holds it alone.
 
         flock(2) ends with the process, so a lock is never left behind, not even by SIGKILL."""
         self.create()
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "r+", encoding="ascii") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise HostError(*self.busy()) from None
+            # Who holds it, for the next one's error: a pid, or that throwaway boots do.
             handle.truncate(0)
-            handle.write(f"{os.getpid()}\n")
+            handle.write(SHARED_HOLDER if shared else f"{os.getpid()}\n")
             handle.flush()
+            if not shared:
+                remove(self.root / "throwaway")  # what killed throwaway boots left: none runs now
             yield
 
     def held_by_another(self) -> bool:

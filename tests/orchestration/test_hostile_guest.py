@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from provisioner.boot import kernel_files
+from provisioner.boot import RUN_DIR, kernel_files
 from provisioner.cli import app
 from provisioner.errors import ExitCode, UsageError
 from provisioner.preflight import check_box
-from provisioner.runbox import RUN_DIR
 from provisioner.tree import TreeError
 from provisioner.unpack import UnpackError
 from provisioner.workspace import Workspace

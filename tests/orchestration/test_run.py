@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from provisioner.boot import RUN_DIR
 from provisioner.cli import app
 from provisioner.errors import ExitCode
-from provisioner.runbox import GUEST_SCRIPT, RUN_GENERATOR
+from provisioner.runbox import RUN_GENERATOR
 from tests.orchestration.conftest import Fake, Run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake binds its console over /dev/console: run as root")
@@ -67,7 +69,8 @@ def test_output_is_streamed_and_status_zero(run: Any, fake: Fake, box: Path) -> 
     assert last["type"] == "result" and last["exit_status"] == 0 and last["paths"]["target"] == str(box)
     (launch,) = run_launches(fake)
     append = launch["argv"][launch["argv"].index("-append") + 1].split()
-    assert f"systemd.run={GUEST_SCRIPT}" in append
+    (command,) = [word.removeprefix("systemd.run=") for word in append if word.startswith("systemd.run=")]
+    assert re.fullmatch(rf"/{RUN_DIR}/[0-9a-f]{{16}}/command", command), command
     assert {"systemd.run_success_action=poweroff", "systemd.run_failure_action=poweroff"} <= set(append)
     assert "-no-reboot" in launch["argv"] and "-mon" not in launch["argv"]
     assert not any(arg.startswith("hostfwd") for arg in launch["argv"]), "no port is opened for a run"
@@ -188,3 +191,49 @@ def test_an_interrupted_run_stops_the_box_and_leaves_nothing(sig: int, box: Path
     last = json.loads(rest.splitlines()[-1])
     assert last["type"] == "error" and last["exit_code"] == ExitCode.INTERRUPTED
     assert_clean(fake, box)
+
+
+def cli_process(box: Path, *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", "from provisioner.cli import main; main()", "run", str(box), "--accel", "tcg", "--json",
+            *args]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_throwaway_runs_share_the_box_and_leave_its_tree_alone(box: Path, fake: Fake) -> None:
+    """Two --ephemeral runs at once hold the lock together; a run that writes the tree is
+    refused meanwhile; each had its own scratch disk and init, gone afterwards."""
+    workspace = box.parent / "state-home"
+    before = sorted(str(path.relative_to(box)) for path in box.rglob("*"))
+    runs = [cli_process(box, "--ephemeral", "--", "sh", "-c", f"echo {name}; sleep 4") for name in ("one", "two")]
+    deadline = time.monotonic() + 60
+    while len(run_launches(fake)) < 2:
+        assert time.monotonic() < deadline, "the two throwaway runs did not boot together"
+        time.sleep(0.1)
+    blocked = CliRunner().invoke(app, ["run", str(box), "--accel", "tcg", "--", "true"], catch_exceptions=False)
+    assert blocked.exit_code == ExitCode.HOST and "throwaway boots (--ephemeral) are running" in blocked.output
+    disks = list(workspace.rglob("throwaway/*/disk.img"))
+    assert len(disks) == 2 and all(disk.stat().st_mode & 0o777 == 0o600 for disk in disks)
+    finished = [(process, *process.communicate(timeout=60)) for process in runs]
+    for process, stdout, stderr in finished:
+        assert process.returncode == 0, stderr
+        last = json.loads(stdout.splitlines()[-1])
+        assert last["type"] == "result" and last["paths"]["transcript"].endswith("/console.log")
+        assert Path(last["paths"]["transcript"]).is_file()
+    for launch in run_launches(fake):
+        argv = launch["argv"]
+        append = argv[argv.index("-append") + 1].split()
+        (init,) = [word.removeprefix("init=") for word in append if word.startswith("init=")]
+        assert re.fullmatch(rf"/{RUN_DIR}/[0-9a-f]{{16}}/init", init) and "ro" in append and "rw" not in append
+        fsdevs = [argv[i + 1] for i, word in enumerate(argv) if word == "-fsdev"]
+        assert any("readonly=on,id=fsdev-fsRoot," in fsdev for fsdev in fsdevs), fsdevs
+        assert any(word.endswith("serial=pa-ephemeral") for word in argv)
+    assert not list(workspace.rglob("disk.img")), "a scratch disk outlived its run"
+    assert sorted(str(path.relative_to(box)) for path in box.rglob("*")) == before, "the tree changed"
+    assert_clean(fake, box)
+
+
+def test_an_ephemeral_boot_on_virtiofs_or_printed_is_refused(box: Path) -> None:
+    refused = (["run", str(box), "--ephemeral", "--fs", "virtiofs", "--", "true"], ["boot", str(box), "--ephemeral", "--print"])
+    for argv in refused:
+        result = CliRunner().invoke(app, argv, catch_exceptions=False)
+        assert result.exit_code == ExitCode.USAGE and "--ephemeral" in result.output, result.output

@@ -47,6 +47,9 @@ STANDIN_MODULES = [
     "9p", "9pnet", "9pnet_virtio", "netfs", "virtio", "virtio_ring", "virtio_pci",
     "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_net", "net_failover", "failover",
     "virtiofs", "fuse",  # the rendered MODULES name virtiofs; fuse is its dependency
+    # A throwaway boot's layer (--ephemeral): its scratch disk, file system and overlay, loaded
+    # from the box's modules after the root is mounted, as Arch's linux ships them.
+    "virtio_blk", "ext4", "jbd2", "mbcache", "crc16", "overlay",
 ]  # fmt: skip
 
 
