@@ -16,6 +16,7 @@ the q35 machine, whose NIC has another name, with its address checked there too.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -331,6 +332,47 @@ def test_the_links_the_box_planted_reached_nothing_on_the_host(
     assert (victim / "file").read_text() == "the host's\n"
     assert (box.base / ".provision-arch/console.log").is_symlink(), "the box keeps what its root made"
     assert not os.path.lexists(box.base / ".provision-arch-run"), "run replaced the planted link and removed its own"
+
+
+def tree_digest(root: Path) -> str:
+    """Every entry of the tree: its path, type, mode, owner, size, mtime, link target and content."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        status = path.lstat()
+        entry = [str(path.relative_to(root)), status.st_mode, status.st_uid, status.st_gid, status.st_size, status.st_mtime_ns]
+        digest.update(repr(entry).encode())
+        if path.is_symlink():
+            digest.update(os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+# A throwaway run's work: a 1 GiB file on the root and a change under /etc, then what the
+# box sees of its root (an overlay with room for it; the guest has 1 GiB of RAM).
+THROWAWAY = (
+    "dd if=/dev/zero of=/var/tmp/big bs=1M count=1024 status=none && echo 'throwaway' >> /etc/motd && "
+    "stat -c %s /var/tmp/big && findmnt -n -o FSTYPE / && tail -n 1 /etc/motd"
+)
+
+
+def test_zz_throwaway_runs_at_once_leave_the_tree_as_it_was(
+    box: Box, inside: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    """Two `run --ephemeral` at once on one box, each writing 1 GiB and touching /etc, in
+    1 GiB of guest RAM: both succeed, and the tree is byte for byte what it was."""
+    before = tree_digest(box.base)
+    argv = as_user(box.user, box.workdir, [str(box.cli), "run", str(box.base), "--accel", "tcg", "--ephemeral",
+                                           "--memory", "1024", "--", "sh", "-c", THROWAWAY])  # fmt: skip
+    started = time.monotonic()
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run, *run.communicate(timeout=1800)) for run in runs]
+    TIMES["devbox: two run --ephemeral at once (1 GiB each)"] = time.monotonic() - started
+    for run, stdout, stderr in results:
+        assert run.returncode == 0, stderr[-3000:]
+        assert stdout.splitlines() == [str(1 << 30), "overlay", "throwaway"], stdout
+    assert tree_digest(box.base) == before, "a throwaway run changed the tree"
+    assert not list(user_workspace(box.base).root.glob("throwaway/*/disk.img")), "a scratch disk outlived its run"
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
