@@ -36,9 +36,9 @@ SSH_PORT = 22
 # A guest mount point as one kernel command-line word and one systemd.mount-extra field:
 # no space, quote, colon or comma.
 GUEST_RE = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
-# Where a share may not go, besides validate.guest_path's API file systems and our own names:
-# the directories a booting box cannot do without.
-FORBIDDEN_MOUNTS = ("/usr", "/etc", "/boot", "/var/lib/pacman")
+# Where a share may not go, nor above (besides validate.guest_path's API file systems and our
+# own names): the directories a booting box cannot do without, and Arch's links into /usr.
+FORBIDDEN_MOUNTS = ("/usr", "/etc", "/boot", "/var/lib/pacman", "/bin", "/sbin", "/lib", "/lib64")
 SHARE_HINT = "--share HOST:GUEST or HOST:GUEST:ro, e.g. --share ./src:/src"
 FORWARD_HINT = "--forward [ADDRESS:]HOSTPORT:GUESTPORT[/udp], e.g. --forward 8080:80 or --forward 0.0.0.0:5353:53/udp"
 
@@ -87,12 +87,28 @@ def parse_share(spec: Any, key: str = "--share", base: Path | None = None) -> Sh
     checked = validate.guest_path(guest, key)
     if not GUEST_RE.fullmatch(str(checked)):
         raise UsageError(f"invalid {key} {spec!r}: guest path {guest!r} may hold only letters, digits and . _ @ + -", SHARE_HINT)
-    if any(checked == PurePosixPath(top) or checked.is_relative_to(top) for top in FORBIDDEN_MOUNTS):
+    if any(checked.is_relative_to(top) or PurePosixPath(top).is_relative_to(checked) for top in FORBIDDEN_MOUNTS):
         raise UsageError(f"invalid {key} {spec!r}: the box needs its own {guest}", "mount the share elsewhere, e.g. /mnt/NAME")
     if base is not None:
         validate.host_path(host, base, key, ", or pass --share on the command line")
+        if not readonly:  # as the package cache: a file may not choose a host directory the guest can write
+            raise UsageError(
+                f"config key {key}: share {text!r} is writable; a config file may share host directories only read-only",
+                f"add :ro, or pass --share {text} on the command line to let the box write it",
+            )
     # Kept as written (made absolute): check_shares looks at it before and after links resolve.
     return Share(Path(os.path.abspath((base or Path.cwd()) / Path(host).expanduser())), checked, readonly)
+
+
+def from_file(forward: Forward, key: str) -> Forward:
+    """A forward a config file gives: on 127.0.0.1 only (listening on other interfaces is only
+    ever what the user wrote on the command line)."""
+    if forward.address != LOOPBACK:
+        raise UsageError(
+            f"config key {key}: a config file forwards ports on {LOOPBACK} only, not {forward.address}",
+            "drop the address, or pass --forward (--ssh-port) with it on the command line",
+        )
+    return forward
 
 
 def parse_forward(spec: Any, key: str = "--forward", *, guest_port: int | None = None) -> Forward:
@@ -151,6 +167,10 @@ def check_shares(shares: Sequence[Share], target: Path) -> None:
         twin = hosts.get(host) or guests.get(share.guest)
         if twin is not None:
             raise UsageError(f"shares {twin.spec} and {share.spec} name the same directory", "give each one once")
+        # One inside another: the box could swap the inner one's path for a link, through the outer.
+        outer = next((other for path, other in hosts.items() if host.is_relative_to(path) or path.is_relative_to(host)), None)
+        if outer is not None:
+            raise UsageError(f"shares {outer.spec} and {share.spec} are one inside the other", "share the outer one only")
         hosts[host], guests[share.guest] = share, share
 
 
@@ -166,7 +186,8 @@ def check_forwards(forwards: Sequence[Forward]) -> None:
         seen.add(where)
         kind = socket.SOCK_DGRAM if forward.protocol == "udp" else socket.SOCK_STREAM
         with socket.socket(socket.AF_INET, kind) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's own listener
+            if kind == socket.SOCK_STREAM:  # as QEMU's own listener: a port in TIME_WAIT is free
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((forward.address, forward.host_port))
             except OSError as exc:

@@ -89,8 +89,8 @@ def boot_dir(target: Path, ident: str, *, shared: bool) -> Iterator[BootDir]:
     removes what killed boots left there, or what the box put there; a throwaway boot
     (``shared``) leaves the others' directories alone."""
     with Tree(target) as tree:
-        if not shared:
-            tree.remove(RUN_DIR)
+        if not shared or not _is_directory(tree, RUN_DIR):
+            tree.remove(RUN_DIR)  # a throwaway boot removes only what no other boot can be using
         for attempt in range(5):  # another throwaway boot may remove an empty RUN_DIR meanwhile
             try:
                 if not tree.exists(RUN_DIR):
@@ -105,6 +105,15 @@ def boot_dir(target: Path, ident: str, *, shared: bool) -> Iterator[BootDir]:
         finally:
             tree.remove(RUN_DIR / ident)
             tree.rmdir(RUN_DIR)
+
+
+def _is_directory(tree: Tree, path: PurePosixPath) -> bool:
+    """A real directory, reached without links (what another boot's files would be in)."""
+    try:
+        tree.listdir(path)
+    except OSError:
+        return False
+    return True
 
 
 @contextmanager

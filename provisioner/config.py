@@ -305,11 +305,11 @@ def _share(value: Any, base: Path, key: str) -> tuple[Share, ...]:
 
 def _forward(value: Any, base: Path, key: str) -> tuple[Forward, ...]:
     items = value if isinstance(value, list) else [value]
-    return tuple(attach.parse_forward(item, f"{key}[{i}]") for i, item in enumerate(items))
+    return tuple(attach.from_file(attach.parse_forward(item, f"{key}[{i}]"), f"{key}[{i}]") for i, item in enumerate(items))
 
 
 def _ssh_port(value: Any, base: Path, key: str) -> Forward:
-    return attach.parse_ssh_port(value, key)
+    return attach.from_file(attach.parse_ssh_port(value, key), key)
 
 
 @dataclass(frozen=True)
@@ -329,11 +329,12 @@ class BootConfig:
         "doctor).", metavar="9p|virtiofs",
     )  # fmt: skip
     shares: tuple[Share, ...] = option(
-        (), "Mount a host directory at GUEST in the box, read-only with :ro (repeatable; in a config file, inside its "
-        "directory).", flags=("--share",), metavar="HOST:GUEST[:ro]", parse=_share, from_text=attach.parse_share,
+        (), "Mount a host directory at GUEST in the box, read-only with :ro (repeatable; in a config file read-only "
+        "and inside its directory).", flags=("--share",), metavar="HOST:GUEST[:ro]", parse=_share, from_text=attach.parse_share,
     )  # fmt: skip
     forwards: tuple[Forward, ...] = option(
-        (), "Forward a host port to the box, on 127.0.0.1 unless an address is given (repeatable).",
+        (), "Forward a host port to the box, on 127.0.0.1 unless an address is given (repeatable; a config file "
+        "forwards on 127.0.0.1 only).",
         flags=("--forward",), metavar="[ADDRESS:]HOSTPORT:GUESTPORT[/udp]", parse=_forward,
         from_text=attach.parse_forward,
     )  # fmt: skip

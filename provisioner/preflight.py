@@ -22,7 +22,7 @@ import pexpect
 
 from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
-from provisioner.run import NotFound, run, wrap
+from provisioner.run import NotFound, run, sbin_program, wrap
 from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
 from provisioner.workspace import Workspace
@@ -322,6 +322,14 @@ def check_virtiofs(find: Callable[[], Virtiofsd | None] = find_virtiofsd) -> Ite
                           "install a QEMU built with vhost-user, e.g. Debian's qemu-system-x86", False)  # fmt: skip
 
 
+def check_mkfs() -> Iterator[Problem]:
+    """A throwaway boot's scratch disk is made by the host's mkfs.ext4 (in /usr/sbin, which an
+    unprivileged user's PATH may leave out: it is looked for there too)."""
+    if shutil.which(sbin_program("mkfs.ext4")) is None:
+        yield Problem("no mkfs.ext4: `boot --ephemeral` and `run --ephemeral` cannot run (other boots still work)",
+                      "install it: sudo apt-get install e2fsprogs", False)  # fmt: skip
+
+
 BOOT_FILES = ("boot/vmlinuz-linux", "boot/initramfs-linux.img")
 
 
@@ -374,6 +382,7 @@ CHECKS: tuple[Check, ...] = (
     Check("gpgv", "gpgv for ISO signatures", lambda host: check_gpgv()),
     Check("kvm", "KVM acceleration", lambda host: check_kvm(probe_kernels(host.cache) if host.cache else ()), doctor_only=True),
     Check("virtiofs", "virtiofsd for boot --fs virtiofs", lambda host: check_virtiofs(), doctor_only=True),
+    Check("mkfs", "mkfs.ext4 for --ephemeral", lambda host: check_mkfs(), doctor_only=True),
 )
 
 

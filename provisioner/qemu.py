@@ -25,7 +25,7 @@ import pexpect
 from provisioner import ephemeral
 from provisioner.attach import Forward, Share, mount_extra
 from provisioner.config import Accel, MachineType
-from provisioner.errors import HostError
+from provisioner.errors import HostError, UsageError
 from provisioner.iso import BootFiles
 from provisioner.run import die_with_parent
 
@@ -42,6 +42,7 @@ SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virt
 STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
+COMMAND_LINE_SIZE = 2048  # x86's limit on the kernel command line, its final NUL included
 ISO_DEVICE_WAIT = 60  # seconds the archiso hook polls for the ISO's device (its own default is 10)
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 NINEP_OPTIONS = ("trans=virtio", "version=9p2000.L", f"msize={MSIZE}", "cache=mmap", "posixacl")
@@ -241,12 +242,18 @@ def _installed(
         else:
             devices += virtiofs_argv(tag, socket)
             mounts.append(mount_extra(share, tag, "virtiofs", ()))
+    command_line = " ".join([append, *mounts])
+    if (size := len(command_line.encode())) >= COMMAND_LINE_SIZE:
+        raise UsageError(
+            f"the box's kernel command line would be {size} bytes; the kernel takes {COMMAND_LINE_SIZE - 1}",
+            "use fewer shares, or shorter guest paths",
+        )
     return [
         *_common(hw, None if served.root or served.throwaway else target, forwards),
         *devices,
         "-kernel", str(kernel.kernel),
         "-initrd", str(kernel.initrd),
-        "-append", " ".join([append, *mounts]),
+        "-append", command_line,
         "-boot", "strict=on",
     ]  # fmt: skip
 

@@ -17,13 +17,15 @@ in the user's state directory (``$XDG_STATE_HOME/provision-arch/boxes/NAME-HASH`
 - ``boot/`` — the kernel and initramfs, copied out of the tree for each boot;
   ``printed-boot/`` the copies a ``boot --print`` command line names;
 - ``throwaway/ID/`` — one ``--ephemeral`` boot's scratch disk (``disk.img``, removed when
-  it ends) and its run's transcript (``console.log``; the newest ``KEEP_THROWAWAY`` are kept).
+  it ends) and its run's transcript (``console.log``; the newest ``KEEP_THROWAWAY`` are kept
+  until a run that holds the box alone removes them all, with what killed boots left).
 
 ``Workspace`` is the one owner of these paths; no other module joins them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -123,9 +125,14 @@ class Workspace:
         """Remove all but the newest KEEP_THROWAWAY finished throwaway boots (a running one
         still has its disk)."""
         top = self.root / "throwaway"
-        finished = [path for path in top.iterdir() if not (path / "disk.img").exists()] if top.is_dir() else []
-        for path in sorted(finished, key=lambda p: p.stat().st_mtime)[:-KEEP_THROWAWAY]:
-            remove(path)
+        finished: list[tuple[float, Path]] = []
+        for path in top.iterdir() if top.is_dir() else ():
+            with contextlib.suppress(OSError):  # another run may prune it at the same moment
+                if not (path / "disk.img").exists():
+                    finished.append((path.stat().st_mtime, path))
+        for _, path in sorted(finished)[:-KEEP_THROWAWAY]:
+            with contextlib.suppress(OSError):
+                remove(path)
 
     @property
     def leftovers(self) -> tuple[Path, ...]:
@@ -187,10 +194,11 @@ class Workspace:
                 fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise HostError(*self.busy()) from None
-            # Who holds it, for the next one's error: a pid, or that throwaway boots do.
-            handle.truncate(0)
-            handle.write(SHARED_HOLDER if shared else f"{os.getpid()}\n")
-            handle.flush()
+            # Who holds it, for the next one's error: a pid, or that throwaway boots do. Written
+            # over the old text, then cut to length: a reader never finds it empty.
+            text = (SHARED_HOLDER if shared else f"{os.getpid()}\n").encode("ascii")
+            os.pwrite(handle.fileno(), text, 0)
+            os.ftruncate(handle.fileno(), len(text))
             if not shared:
                 remove(self.root / "throwaway")  # what killed throwaway boots left: none runs now
             yield

@@ -11,7 +11,7 @@ import pytest
 from provisioner.attach import Forward, Share, check_forwards, check_shares, parse_forward, parse_share
 from provisioner.config import Accel
 from provisioner.errors import ExitCode, HostError, UsageError
-from provisioner.qemu import Hardware, Served, boot_argv, run_argv
+from provisioner.qemu import ROOT_APPEND, Hardware, Served, boot_argv, run_argv
 
 HW = Hardware(memory=1024, cpus=1, accel=Accel.TCG)
 
@@ -42,6 +42,8 @@ def test_a_share_from_the_command_line_is_resolved_from_the_working_directory(
         ("src:/proc/x", "under /proc"),
         ("src:/etc", "the box needs its own /etc"),
         ("src:/usr/local", "the box needs its own /usr/local"),
+        ("src:/var", "the box needs its own /var"),
+        ("src:/bin", "the box needs its own /bin"),
         ("src:/mnt/a b", "may hold only"),
         ("src:/mnt/a,b", "may hold only"),
         ("src:/mnt/$(id)", "may hold only"),
@@ -54,10 +56,13 @@ def test_bad_shares_are_refused_naming_the_flag(spec: str, said: str) -> None:
     assert said in error.value.message and "--share" in error.value.message
 
 
-def test_a_config_file_shares_only_what_is_below_it(tmp_path: Path) -> None:
+def test_a_config_file_shares_only_what_is_below_it_and_read_only(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
-    assert parse_share("src:/src", "shares[0]", tmp_path) == Share(tmp_path / "src", PurePosixPath("/src"))
-    for outside in ("/home:/h", "../x:/x", "~/x:/x"):
+    assert parse_share("src:/src:ro", "shares[0]", tmp_path) == Share(tmp_path / "src", PurePosixPath("/src"), True)
+    with pytest.raises(UsageError) as error:
+        parse_share("src:/src", "shares[0]", tmp_path)
+    assert "only read-only" in error.value.message and "--share src:/src" in error.value.hint
+    for outside in ("/home:/h:ro", "../x:/x:ro", "~/x:/x:ro"):
         with pytest.raises(UsageError) as error:
             parse_share(outside, "shares[0]", tmp_path)
         assert "shares[0]" in error.value.message and "inside its own directory" in error.value.hint
@@ -106,6 +111,11 @@ def test_a_share_must_exist_be_a_directory_and_stay_clear_of_the_box(tmp_path: P
         check_shares([parse_share(f"{box}/esc:/mnt/x")], box)
     with pytest.raises(UsageError, match="name the same directory"):
         check_shares([Share(src, guest), Share(src, PurePosixPath("/mnt/y"))], box)
+    (src / "inner").mkdir()
+    for pair in ([Share(src, guest), Share(src / "inner", PurePosixPath("/mnt/y"))],
+                 [Share(src / "inner", guest), Share(src, PurePosixPath("/mnt/y"))]):  # fmt: skip
+        with pytest.raises(UsageError, match="one inside the other"):
+            check_shares(pair, box)
     with pytest.raises(UsageError, match="name the same directory"):
         check_shares([Share(src, guest), Share(tmp_path / "box/../src2", guest)], box)
 
@@ -141,3 +151,11 @@ def test_shares_become_devices_and_systemd_mounts(tmp_path: Path) -> None:
     assert "vhost-user-fs-pci,chardev=vfs-share0,tag=share0" in option(argv, "-device")
     assert option(argv, "-object") == ["memory-backend-memfd,id=mem,size=1024M,share=on"]
     assert option(argv, "-append")[0].endswith("systemd.run=/x systemd.mount-extra=share0:/src:virtiofs")
+
+
+def test_a_kernel_command_line_past_the_kernels_limit_is_refused(tmp_path: Path) -> None:
+    long = "/mnt/" + "x" * 250
+    shares = tuple((Share(tmp_path / f"s{i}", PurePosixPath(f"{long}{i}")), None) for i in range(8))
+    with pytest.raises(UsageError, match="kernel command line would be"):
+        boot_argv(HW, tmp_path / "base", served=Served(shares=shares))
+    assert len(ROOT_APPEND) < 2047

@@ -255,8 +255,8 @@ hostname = "not-read-by-boot"
 
 [boot]
 memory = 1024
-shares = ["src:/src", "data:/srv/data:ro"]
-forwards = ["8080:80", "127.0.0.2:5353:53/udp"]
+shares = ["src:/src:ro", "data:/srv/data:ro"]
+forwards = ["8080:80", "127.0.0.1:5353:53/udp"]
 """
 
 
@@ -270,11 +270,11 @@ def test_boot_reads_the_config_files_boot_table_and_the_command_line_wins(tmp_pa
     assert result.exit_code == 0, result.output
     argv = shlex.split(result.stdout)
     assert argv[argv.index("-m") + 1] == "1024"
-    assert argv[argv.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.2:5353-:53"
+    assert argv[argv.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53"
     append = argv[argv.index("-append") + 1]
     assert "systemd.mount-extra=share0:/src:9p:" in append and append.endswith(",ro")
     fsdevs = [argv[i + 1] for i, word in enumerate(argv) if word == "-fsdev"]
-    assert fsdevs[1].endswith(f"id=fsdev-share0,path={tmp_path}/src")
+    assert fsdevs[1].endswith(f"readonly=on,id=fsdev-share0,path={tmp_path}/src")
     assert fsdevs[2].endswith(f"readonly=on,id=fsdev-share1,path={tmp_path}/data")
     ours = runner.invoke(app, ["boot", base, "--print", "--accel", "tcg", "--config", str(config), "--memory", "768",
                                "--forward", "9090:90"])  # fmt: skip
@@ -291,6 +291,9 @@ def test_boot_reads_the_config_files_boot_table_and_the_command_line_wins(tmp_pa
         ("[boot]\ncolour = 1", "unknown key(s) in [boot]"),
         ("boot = 1", "must be a table ([boot])"),
         ('[boot]\nforwards = ["80"]', "forwards[0]"),
+        ('[boot]\nshares = ["src:/src"]', "a config file may share host directories only read-only"),
+        ('[boot]\nforwards = ["0.0.0.0:8080:80"]', "a config file forwards ports on 127.0.0.1 only"),
+        ("[boot]\nssh_port = '0.0.0.0:2222'", "a config file forwards ports on 127.0.0.1 only"),
     ],
 )
 def test_a_bad_boot_table_is_refused_by_boot_and_by_the_install(tmp_path: Path, table: str, said: str) -> None:

@@ -192,3 +192,15 @@ def test_virtiofs_needs_qemus_vhost_user_fs(bindir: Path) -> None:
 def test_doctor_reports_virtiofs_and_the_install_does_not_wait_for_it() -> None:
     (check,) = [check for check in preflight.CHECKS if check.name == "virtiofs"]
     assert check.doctor_only
+
+
+def test_doctor_finds_mkfs_in_sbin_or_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (check,) = [check for check in preflight.CHECKS if check.name == "mkfs"]
+    assert check.doctor_only, "only --ephemeral needs it"
+    monkeypatch.setenv("PATH", str(tmp_path))  # as an unprivileged user's PATH on Debian: no sbin
+    monkeypatch.setattr("provisioner.run.SBIN", (str(tmp_path / "sbin"),))
+    (missing,) = preflight.check_mkfs()
+    assert not missing.blocking and "e2fsprogs" in missing.fix
+    (tmp_path / "sbin").mkdir()
+    fake_bin(tmp_path / "sbin", "mkfs.ext4", "true")
+    assert list(preflight.check_mkfs()) == []

@@ -3,8 +3,8 @@
 One install per module, as the unprivileged e2e user, from a config with a non-root user
 who has sudo and an SSH key, sshd enabled and a command, pinned to a day of the stand-in's
 archive served over HTTP (so the box's mirrorlist names a server the booted box reaches).
-Then the box is booted with `provision-arch boot --config` (its [boot] table shares two
-host directories, one read-only) and `--forward PORT:22` on QEMU's pc machine and
+Then the box is booted with `provision-arch boot --config` (its [boot] table shares a host
+directory read-only), `--share` (a writable one) and `--forward PORT:22` on QEMU's pc machine and
 checked from inside over SSH: the shares are mounted, writable and read-only as asked,
 the key logs in, `sudo -n true` works, PID 1 is systemd,
 `systemctl is-system-running` says running, the machine id pacstrap made is kept, the root
@@ -56,7 +56,7 @@ sudo = true
 authorized_keys_files = ["id_ed25519.pub"]
 
 [boot]
-shares = ["shared:/mnt/shared", "readonly:/mnt/ro:ro"]
+shares = ["readonly:/mnt/ro:ro"]   # a config file shares read-only; the writable one is --share
 """
 
 
@@ -195,7 +195,8 @@ def inside(box: Box) -> dict[str, subprocess.CompletedProcess[str]]:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     argv = as_user(box.user, box.workdir, [str(box.cli), "boot", str(box.base), "--accel", "tcg", "--config",
-                                           str(box.workdir / "devbox.toml"), "--forward", f"{port}:22"])  # fmt: skip
+                                           str(box.workdir / "devbox.toml"), "--forward", f"{port}:22",
+                                           "--share", f"{box.workdir / 'shared'}:/mnt/shared"])  # fmt: skip
     started = time.monotonic()
     child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", codec_errors="replace", timeout=600)
     with (box.workdir / "boot-console.log").open("a") as console:
@@ -258,7 +259,7 @@ def test_the_boot_tables_shares_are_mounted_writable_and_read_only(
     inside: dict[str, subprocess.CompletedProcess[str]], box: Box
 ) -> None:
     mount, content = inside["shared"].stdout.splitlines()[:2]
-    assert mount.split()[:2] == ["share0", "9p"] and mount.split()[2].startswith("rw,"), mount
+    assert mount.split()[:2] == ["share0", "9p"] and mount.split()[2].startswith("rw,"), mount  # the command line's
     assert content == "from the host's shared" and inside["shared"].returncode == 0, inside["shared"].stderr
     written = box.workdir / "shared/out"
     assert written.read_text() == "from the box\n"
