@@ -99,27 +99,39 @@ class _Server(ThreadingHTTPServer):
 
 
 class _AccessLog:
-    """The records, and how many requests are being answered right now.
+    """The records, in the order the requests arrived, and how many are being answered now.
 
     A client has the whole body before the handler thread gets to write the record, so a
     reader waits (briefly) for the requests in flight: a test that just got its answer
-    then always finds it in the log."""
+    then always finds it in the log. Each request takes a ticket when it arrives; a record
+    is kept (and written to the sink) only once every earlier ticket's is, so that two
+    requests one after the other are logged in that order even when the first one's thread
+    writes its record last (a loaded machine)."""
 
     def __init__(self, sink: Callable[[Request], None]) -> None:
         self._sink = sink
         self._done = threading.Condition()
         self._records: list[Request] = []
         self._in_flight = 0
+        self._tickets = 0
+        self._pending: dict[int, Request] = {}
+        self._next = 0
 
-    def begin(self) -> None:
+    def begin(self) -> int:
         with self._done:
             self._in_flight += 1
+            self._tickets += 1
+            return self._tickets - 1
 
-    def end(self, request: Request) -> None:
+    def end(self, ticket: int, request: Request) -> None:
         with self._done:
             self._in_flight -= 1
-            self._records.append(request)
-            self._sink(request)
+            self._pending[ticket] = request
+            while self._next in self._pending:
+                ready = self._pending.pop(self._next)
+                self._records.append(ready)
+                self._sink(ready)
+                self._next += 1
             self._done.notify_all()
 
     def snapshot(self, wait: float) -> list[Request]:
@@ -162,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.path = ""
         if hasattr(self, "headers"):
             del self.headers
-        self.server.log.begin()
+        self._ticket = self.server.log.begin()
         return super().parse_request()
 
     # -- logging: one record per response, built from what was really sent ------------
@@ -183,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         # After a malformed request line there is no command, path or headers.
         headers = getattr(self, "headers", None)
         self.server.log.end(
+            self._ticket,
             Request(
                 method=self.command or "-",
                 path=getattr(self, "path", "") or "-",
@@ -390,7 +403,7 @@ class Mirror:
         return f"http://{GUEST_HOST}:{self.port}"
 
     def requests(self, wait: float = 5.0) -> list[Request]:
-        """A copy of the access log, in the order the answers finished. Requests being
+        """A copy of the access log, in the order the requests arrived. Requests being
         answered at the moment are waited for, up to ``wait`` seconds."""
         return self._log.snapshot(wait)
 
