@@ -203,9 +203,17 @@ def _option_values(given: dict[str, Any], of: type = Config) -> dict[str, Any]:
     return values
 
 
+ADDED = ("shares", "forwards")  # the command line's add to the file's; every other option replaces it
+
+
 def boot_settings(given: dict[str, Any], config: Path | None) -> BootConfig:
-    """How to boot: the command line over the config file's [boot] table over the defaults."""
-    return build_boot(merge(_option_values(given, BootConfig), load_file(config, BootConfig) if config else {}))
+    """How to boot: the command line over the config file's [boot] table over the defaults;
+    shares and forwards from both (a team's file's, then yours)."""
+    ours, file = _option_values(given, BootConfig), load_file(config, BootConfig) if config else {}
+    values = merge(ours, file)
+    for key in ADDED:
+        values[key] = (*file.get(key, ()), *(ours.get(key) or ()))
+    return build_boot(values)
 
 
 def from_the_manifest(expected: Manifest, given: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +302,8 @@ BootConfigOption = Annotated[
     typer.Option(
         "--config",
         metavar="FILE",
-        help=f"TOML file whose [{BOOT_TABLE}] table gives any of the options below (the command line wins).",
+        help=f"TOML file whose [{BOOT_TABLE}] table gives any of the options below (the command line wins; its "
+        "--share and --forward add to the table's).",
     ),
 ]
 

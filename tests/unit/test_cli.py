@@ -280,7 +280,8 @@ def test_boot_reads_the_config_files_boot_table_and_the_command_line_wins(tmp_pa
                                "--forward", "9090:90"])  # fmt: skip
     argv = shlex.split(ours.stdout)
     assert argv[argv.index("-m") + 1] == "768"
-    assert argv[argv.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:9090-:90", "the command line's list wins"
+    forwards = "hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53,hostfwd=tcp:127.0.0.1:9090-:90"
+    assert argv[argv.index("-netdev") + 1] == f"user,id=net0,{forwards}", "the command line's forwards add to the file's"
 
 
 @pytest.mark.parametrize(

@@ -259,13 +259,13 @@ def test_the_boot_tables_shares_are_mounted_writable_and_read_only(
     inside: dict[str, subprocess.CompletedProcess[str]], box: Box
 ) -> None:
     mount, content = inside["shared"].stdout.splitlines()[:2]
-    assert mount.split()[:2] == ["share0", "9p"] and mount.split()[2].startswith("rw,"), mount  # the command line's
+    assert mount.split()[:2] == ["share1", "9p"] and mount.split()[2].startswith("rw,"), mount  # after the file's
     assert content == "from the host's shared" and inside["shared"].returncode == 0, inside["shared"].stderr
     written = box.workdir / "shared/out"
     assert written.read_text() == "from the box\n"
     assert written.stat().st_uid == box.user.uid, "the box's root is the host user on a share"
     mount, content = inside["readonly"].stdout.splitlines()[:2]
-    assert mount.split()[:2] == ["share1", "9p"] and content == "from the host's readonly", inside["readonly"].stdout
+    assert mount.split()[:2] == ["share0", "9p"] and content == "from the host's readonly", inside["readonly"].stdout
     assert inside["readonly"].returncode != 0 and "Read-only file system" in inside["readonly"].stderr
     assert not (box.workdir / "readonly/out").exists()
 
