@@ -49,7 +49,7 @@ STANDIN_MODULES = [
     "virtiofs", "fuse",  # the rendered MODULES name virtiofs; fuse is its dependency
     # A throwaway boot's layer (--ephemeral): its scratch disk, file system and overlay, loaded
     # from the box's modules after the root is mounted, as Arch's linux ships them.
-    "virtio_blk", "ext4", "jbd2", "mbcache", "crc16", "overlay",
+    "virtio_blk", "ext4", "jbd2", "mbcache", "crc16", "crc32c_generic", "crc32c-intel", "overlay",
 ]  # fmt: skip
 
 
