@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,23 @@ def test_the_cli_boots_on_virtiofs_and_leaves_nothing(daemon_dir: Path, tmp_path
     assert result.exit_code == 3, result.output  # the fake QEMU's status
     (pid,) = daemon_pids(daemon_dir)
     assert not _alive(pid)
+
+
+def test_a_throwaway_boot_has_its_layer_only_while_it_runs(tmp_path: Path) -> None:
+    """boot --ephemeral: the root read-only, the init in the tree and the disk in the
+    workspace while the boot runs, and neither after it (nor after a failed one)."""
+    base = installed_box(tmp_path)
+    before = sorted(path.name for path in base.iterdir())
+    settings = BootConfig(memory=512, cpus=1, accel=Accel.TCG, ephemeral=True)
+    for failing in (False, True):
+        with pytest.raises(KeyboardInterrupt) if failing else nullcontext(), boot_command(base, settings, as_root=True) as argv:
+            append = argv[argv.index("-append") + 1].split()
+            (init,) = [word.removeprefix("init=") for word in append if word.startswith("init=")]
+            assert (base / init.lstrip("/")).read_text().startswith("#!/bin/sh\n") and "ro" in append
+            (disk,) = Workspace.of(base).root.glob("throwaway/*/disk.img")
+            assert f"file={disk},if=none,id=throwaway,format=raw,discard=unmap" in argv
+            assert any(word.startswith("local,") and "readonly=on,id=fsdev-fsRoot," in word for word in argv)
+            if failing:
+                raise KeyboardInterrupt  # Ctrl-C while QEMU runs
+        assert sorted(path.name for path in base.iterdir()) == before, "the boot's init stayed in the tree"
+        assert not list(Workspace.of(base).root.glob("throwaway/*/disk.img")), "the scratch disk stayed"
