@@ -125,10 +125,12 @@ def nofile_limit() -> int:
 def virtiofsd_argv(daemon: Virtiofsd, source: Path, fd: int, nofile: int, cache: str = "always") -> list[str]:
     """Share ``source`` on the listening socket ``fd`` with the guest's page cache kept
     (``cache=always``: the guest is the tree's only writer while it runs, as with 9p's
-    ``cache=mmap`` root; a share that the host writes too takes ``auto``) and xattrs (ACLs,
+    ``cache=mmap`` root; a share that the host writes too takes ``auto``; ``never`` is the C
+    daemon's ``none``) and xattrs (ACLs,
     file capabilities). ``chroot`` is the sandbox a namespace's root can set up;
     ``namespace`` would need more than a user namespace."""
     if daemon.flavour is Flavour.C:
+        cache = "none" if cache == "never" else cache  # the C daemon's name for it
         return [
             str(daemon.path),
             f"--fd={fd}",

@@ -144,3 +144,11 @@ def test_a_helper_that_cannot_start_is_a_host_error(tmp_path: Path) -> None:
         virtiofs._spawn([str(tmp_path / "no-such-virtiofsd")], hint="install it")
     assert error.value.message.startswith(f"cannot start {tmp_path}/no-such-virtiofsd: No such file")
     assert error.value.hint == "install it"
+
+
+def test_each_daemon_is_told_the_cache_mode_in_its_own_words(tmp_path: Path) -> None:
+    c, rust = (Virtiofsd(Path("/d"), flavour) for flavour in (Flavour.C, Flavour.RUST))
+    assert f"source={tmp_path},cache=none,xattr" in virtiofsd_argv(c, tmp_path, 3, 1024, "never")
+    assert f"source={tmp_path},cache=auto,xattr" in virtiofsd_argv(c, tmp_path, 3, 1024, "auto")
+    argv = virtiofsd_argv(rust, tmp_path, 3, 1024, "never")
+    assert argv[argv.index("--cache") + 1] == "never"
