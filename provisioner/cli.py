@@ -338,6 +338,8 @@ def boot(
             print(describe(target, settings, as_root=root))
             return
         attach.check_forwards(settings.all_forwards)
+        if settings.ephemeral:
+            events.note("a throwaway boot: what the box writes is gone when it powers off (shares excepted)")
         # One provision-arch per target, but throwaway boots may run together: they leave the tree alone.
         lock = Workspace.of(target).locked(shared=settings.ephemeral)
         with lock, boot_command(target, settings, as_root=root) as argv:
