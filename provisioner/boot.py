@@ -8,6 +8,11 @@ virtiofsd), yields the QEMU command line that uses them, and ends them in revers
 when the context ends. The caller runs QEMU inside it, so QEMU always ends first,
 and no helper outlives the boot (mkosi's way: the helpers are context managers in one
 ExitStack with the VM).
+
+What a boot needs inside the box's tree (``run``'s command, a throwaway boot's init) goes
+in a directory of its own, ``RUN_DIR/ID`` (``boot_dir``), made without following links and
+removed afterwards; a throwaway boot's scratch disk (``throwaway_layer``) lives in the
+workspace. Shares and forwards are ``attach``'s; ``served`` says how each reaches the box.
 """
 
 from __future__ import annotations
