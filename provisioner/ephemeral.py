@@ -67,9 +67,13 @@ def init_script() -> str:
         #!/bin/sh
         # Written by provision-arch for one --ephemeral boot, and removed after it. The kernel
         # runs it as init: the box's writes go to a scratch disk, its tree stays as it was.
+        # Its stdout and stderr are the console (the kernel's gift to init), which outlive the
+        # moves below; so does the sysrq trigger opened now, to power off on failure. mount -n:
+        # no /run/mount/utab to write while /run moves.
+        exec 9>/proc/sysrq-trigger
         fail() {{
-            echo "{FAILED} $*" >/dev/console
-            echo o >/proc/sysrq-trigger
+            echo "{FAILED} $*" >&2
+            echo o >&9
             sleep 600
         }}
         for module in virtio_blk ext4 overlay; do
@@ -87,18 +91,19 @@ def init_script() -> str:
             tries=$((tries + 1))
         done
         [ -n "$disk" ] || fail "no disk with serial {SERIAL}"
-        mount -t ext4 -o noatime,discard "$disk" /tmp || fail "cannot mount $disk"
+        mount -n -t ext4 -o noatime,discard "$disk" /tmp || fail "cannot mount $disk"
         mkdir -p /tmp/upper /tmp/work /tmp/root || fail "cannot make the overlay's directories"
-        mount -t overlay overlay -o lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work /tmp/root \\
+        mount -n -t overlay overlay -o lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work /tmp/root \\
             || fail "cannot mount the overlay"
         for dir in proc sys dev run; do
-            mount --move "/$dir" "/tmp/root/$dir" || fail "cannot move /$dir"
+            mount -n --move "/$dir" "/tmp/root/$dir" || fail "cannot move /$dir"
         done
         cd /tmp/root || fail "cannot enter the overlay"
         mkdir -p run/provision-arch-lower || fail "cannot make the old root's mount point"
         pivot_root . run/provision-arch-lower || fail "pivot_root failed"
-        umount -l /run/provision-arch-lower
+        umount -n -l /run/provision-arch-lower
         rmdir /run/provision-arch-lower
+        exec 9>&-
         exec {SYSTEMD}
         fail "cannot start {SYSTEMD}"
         """)
