@@ -197,7 +197,7 @@ def test_boot_the_result_and_log_in(
         child.send(PASSWORD + "\r")
         child.expect("# ")
         child.send("echo HOST=$(hostname) ROOT9P=$(grep -c '^fsRoot / 9p ' /proc/mounts)\r")
-        child.expect(r"HOST=(\S+) ROOT9P=(\d+)")
+        child.expect(r"HOST=(\S+) ROOT9P=(\d+)\r*\n")
         match = child.match
         assert isinstance(match, re.Match)
         assert (match[1], match[2]) == (HOSTNAME, "1")

@@ -119,14 +119,14 @@ def test_boot_on_virtiofs_and_log_in(booting: pexpect.spawn[str], user: E2EUser,
     hard = int(re.search(r"Max open files\s+\d+\s+(\d+)", limits)[1])  # type: ignore[index]
     assert re.search(rf"Max open files\s+{hard}\s+{hard}", limits), "virtiofsd was not given the hard limit"
     child.send("echo ROOT=$(grep -c '^fsRoot / virtiofs ' /proc/mounts)\r")
-    child.expect(r"ROOT=(\d+)")
+    child.expect(r"ROOT=(\d+)\r*\n")
     assert isinstance(child.match, re.Match) and child.match[1] == "1"
     # A file the guest gives uid 1000 must land at subuid base + 999 on the host, as over 9p.
     child.send("touch /root/vfs-uid1000 && chown 1000:1000 /root/vfs-uid1000 && echo CHOWN-$((40+2))\r")
     child.expect("CHOWN-42")
     # pacman 7 downloads as alpm in its Landlock sandbox, which the box keeps on (docs/pacman7.md).
     child.send(f"pacman -Sy --noconfirm {EXTRA} >/tmp/pacman.log 2>&1; echo PACMAN-$?-$(pacman -Qq {EXTRA})\r")
-    child.expect(r"PACMAN-(\d+)-(\S*)", timeout=600)
+    child.expect(r"PACMAN-(\d+)-(\S*)\r*\n", timeout=600)  # to the line's end: output comes in pieces
     assert isinstance(child.match, re.Match) and child.match[1] == "0" and child.match[2] == EXTRA, child.before
     child.send("poweroff\r")
     child.expect(pexpect.EOF, timeout=120)
