@@ -13,11 +13,14 @@ On the offline stand-in (built as root the first time), in this order:
 3. boot: QEMU's start to the first command's answer vs the kernel's own boot time (dmesg
    timestamps), for the box on a 9p root and on a virtiofs root;
 4. shares: one guest session with host directories mounted side by side (9p
-   ``cache=mmap``, 9p ``cache=loose``, virtiofs; the guest's tmpfs as the floor): extract
+   ``cache=mmap``, 9p ``cache=loose``, virtiofs with virtiofsd's ``cache=always``, ``auto``
+   and ``never``; the guest's tmpfs as the floor): extract
    one tar of BENCH_FILES (1000) small files, stat every one of them (what ``git status``
    does) with the guest's caches dropped and warm, create and remove as many empty files;
    each workload runs on every mount in turn, so that a comparison is never split
    by minutes of other people's load; the host's own tar, walk and creation for scale;
+   then coherence on each share: how long until the box reads what the host wrote, and the
+   other way round;
 5. root: the stat walks (over the same tree, made on the host) and the creation on the
    booted box's own root, on 9p (``cache=mmap``) and on virtiofs.
 
@@ -80,10 +83,13 @@ PACKAGES = "base linux mkinitcpio"
 FILES = int(os.environ.get("BENCH_FILES", "1000"))
 CREATES = FILES
 TAR = "/root/bench.tar"  # where the box finds it (copied to its tmpfs before use)
-# The mounts of the shares section: name -> (how it is shared, guest mount options).
+# The mounts of the shares section: name -> (how it is shared, 9p's guest mount options or
+# virtiofsd's cache mode).
 NINEP = "trans=virtio,version=9p2000.L,msize=512000,posixacl"
 SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loose": (RootFs.NINEP, f"{NINEP},cache=loose"),
-          "virtiofs": (RootFs.VIRTIOFS, "")}  # fmt: skip
+          "virtiofs cache=always": (RootFs.VIRTIOFS, "always"), "virtiofs cache=auto": (RootFs.VIRTIOFS, "auto"),
+          "virtiofs cache=never": (RootFs.VIRTIOFS, "never")}  # fmt: skip
+STALE = 5.0  # seconds a side waits for the other's write before calling it stale
 
 
 @dataclass
@@ -353,23 +359,26 @@ class Box:
 
 
 @contextmanager
-def booted(base: Path, hw: Hardware, root: RootFs, shares: dict[str, tuple[RootFs, Path]], results: Results) -> Iterator[Box]:
-    """Boot the box on ``root`` with extra host directories (tag -> how, path), log in, record
-    the boot figures; QEMU, then the virtiofsd processes and the namespace end on the way out."""
+def booted(
+    base: Path, hw: Hardware, root: RootFs, shares: dict[str, tuple[RootFs, str, Path]], results: Results
+) -> Iterator[Box]:
+    """Boot the box on ``root`` with extra host directories (tag -> how, virtiofsd's cache
+    mode, path), log in, record the boot figures; QEMU, then the virtiofsd processes and the
+    namespace end on the way out."""
     as_root = os.geteuid() == 0
     with ExitStack() as stack:
         # Unprivileged, every virtiofsd and QEMU share one user namespace, as `provision-arch boot` does.
         enter = [] if as_root else stack.enter_context(user_namespace())
         daemon = require_virtiofsd()
 
-        def served(path: Path) -> Path:
-            return stack.enter_context(start_virtiofsd(daemon, path, enter))
+        def served(path: Path, cache: str = "always") -> Path:
+            return stack.enter_context(start_virtiofsd(daemon, path, enter, cache=cache))
 
         argv = boot_argv(hw, base, served=Served(served(base) if root is RootFs.VIRTIOFS else None))
-        if root is RootFs.NINEP and any(how is RootFs.VIRTIOFS for how, _ in shares.values()):
+        if root is RootFs.NINEP and any(how is RootFs.VIRTIOFS for how, _, _ in shares.values()):
             argv += shared_memory_argv(hw.memory)
-        for tag, (how, path) in shares.items():
-            argv += share_argv(tag, path) if how is RootFs.NINEP else virtiofs_argv(tag, served(path))
+        for tag, (how, cache, path) in shares.items():
+            argv += share_argv(tag, path) if how is RootFs.NINEP else virtiofs_argv(tag, served(path, cache))
         transcript = stack.enter_context(transcript_of(base.parent / f"boot-{root.value}.log"))
         machine = stack.enter_context(Machine(enter + argv if enter else argv, logfile=transcript, shutdown_grace=120))
         started = time.perf_counter()
@@ -459,6 +468,34 @@ def creation(results: Results, section: str, box: Box, places: list[Place]) -> N
         results.add(section, f"create and remove {CREATES} empty files", seconds, column=place.name)
 
 
+def coherence(results: Results, box: Box, places: list[Place]) -> None:
+    """How long until one side reads what the other wrote, on each share: the seed's second
+    reason for a host directory (edit on the host, build in the box, and back). The new
+    content has the old one's size, so only a read of the data can tell. Host to box: the
+    box has read the file, the host rewrites it, the box reads until it sees the new text
+    (its own clock). Box to host: the host has read the file, the box rewrites it, the host
+    reads until it sees it (from the command's return). STALE seconds means never seen."""
+    wait = f"[ $(( $(date +%s%N) - start )) -lt {int(STALE * 1e9)} ]"
+    for place in places:
+        if place.host is None:
+            continue
+        shared = place.host / "coherence"
+        shared.write_text("host-0\n")
+        box.run(f"cat {place.guest}/coherence >/dev/null")  # now in the box's caches
+        shared.write_text("host-1\n")
+        poll = (f"start=$(date +%s%N); while [ \"$(cat {place.guest}/coherence)\" != host-1 ] && {wait}; do :; done; "
+                f"echo $(( ($(date +%s%N) - start) / 1000 ))")  # fmt: skip
+        seen = min(int(box.run(poll).split()[-1]) / 1e6, STALE)
+        results.add("coherence", "host writes, the box reads it after", seen, column=place.name)
+        shared.read_text()
+        box.run(f"echo box-1 > {place.guest}/coherence")
+        started = time.perf_counter()
+        while shared.read_text() != "box-1\n" and time.perf_counter() - started < STALE:
+            time.sleep(0.001)
+        results.add("coherence", "the box writes, the host reads it after", min(time.perf_counter() - started, STALE),
+                    column=place.name)  # fmt: skip
+
+
 def bench_host(results: Results, tar: Path, work: Path) -> None:
     """The host's own tar, walk and creation on the same tree: the floor under any sharing."""
     tree = work / "host"
@@ -486,9 +523,9 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
     subprocess.run(["tar", "-xf", str(tar), "-C", str(base / "root/bench/x")], check=True)
     places = [Place("guest tmpfs", "/tmp/bench")]
     shares = {}
-    for i, (name, (how, _)) in enumerate(SHARES.items()):
+    for i, (name, (how, options)) in enumerate(SHARES.items()):
         (work / f"share{i}").mkdir()
-        shares[f"share{i}"] = (how, work / f"share{i}")
+        shares[f"share{i}"] = (how, options, work / f"share{i}")
         places.append(Place(name, f"/mnt/share{i}", work / f"share{i}"))
     with booted(base, hw, RootFs.NINEP, shares, results) as box:
         bench_round_trips(results, box.con, "booted box", 100)
@@ -499,6 +536,7 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
         extraction(results, "shares", box, places)
         walks(results, "shares", box, places)
         creation(results, "shares", box, places)
+        coherence(results, box, places)
         root = [Place("9p root", "/root/bench")]
         walks(results, "root", box, root)
         creation(results, "root", box, root)
