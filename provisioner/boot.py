@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from provisioner import ephemeral
 from provisioner.attach import Share
-from provisioner.config import BootConfig, RootFs
+from provisioner.config import Accel, BootConfig, RootFs
 from provisioner.ephemeral import Throwaway
 from provisioner.qemu import BOX_INITRD, BOX_KERNEL, Hardware, KernelFiles, Served, boot_argv, resolve_accel
 from provisioner.run import wrap
@@ -180,8 +180,9 @@ def _served(settings: BootConfig, sockets: Iterator[Path]) -> Served:
     return Served(root, tuple((share, next(sockets) if over_virtiofs(share, settings.fs) else None) for share in settings.shares))
 
 
-def hardware(settings: BootConfig) -> Hardware:
-    return Hardware(memory=settings.memory, cpus=settings.cpus, accel=resolve_accel(settings.accel), machine=settings.machine)
+def hardware(settings: BootConfig, accel: Accel | None = None) -> Hardware:
+    """The machine ``settings`` ask for, under ``accel`` (default: theirs, resolved)."""
+    return Hardware(settings.memory, settings.cpus, accel or resolve_accel(settings.accel), settings.machine)
 
 
 @contextmanager

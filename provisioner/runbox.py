@@ -32,7 +32,6 @@ fake them. Everything between them is the command's output, streamed as it comes
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import secrets
 import shlex
@@ -187,7 +186,7 @@ def _run(request: RunRequest, booting: Booting, transcript: Transcript, events: 
     with ExitStack() as stack:
 
         def make(accel: Accel) -> Machine:
-            hw = dataclasses.replace(hardware(settings), accel=accel)
+            hw = hardware(settings, accel)  # this attempt's accelerator: nothing to probe
             transcript.note(f"starting QEMU ({accel.value})")
             # Each attempt has its own helpers (a virtiofsd ends with the QEMU it served); they
             # end after QEMU, with the stack.
