@@ -55,6 +55,7 @@ from provisioner.preflight import Host, check_host, run_checks
 from provisioner.run import call
 from provisioner.runbox import RunRequest, run_in_box
 from provisioner.session import Session
+from provisioner.update import changes, check_updatable, new_config, update_box
 from provisioner.users import SSH_FIX, sshd_enabled
 from provisioner.workspace import Workspace
 
@@ -113,6 +114,9 @@ Json = Annotated[
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the guest console and host commands as they run.")]
 
 
+AGAIN = {"update": "run the same update again: it starts over"}  # after Ctrl-C; otherwise --force
+
+
 @contextmanager
 def reporting(command: str, target: Path, *, json: bool, verbose: bool) -> Iterator[Bus]:
     """The run's event bus with its consumers; a ProvisionError or Ctrl-C ends as an error event and exit code."""
@@ -127,7 +131,7 @@ def reporting(command: str, target: Path, *, json: bool, verbose: bool) -> Itera
         bus.emit(Error(exc.message, exc.hint, int(exc.exit_code), exc.details()))
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
-        hint = "run the same command with --force to start over in the same directory"
+        hint = AGAIN.get(command, "run the same command with --force to start over in the same directory")
         bus.emit(Error("interrupted; QEMU was stopped", hint, int(ExitCode.INTERRUPTED)))
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
@@ -163,9 +167,9 @@ def _cli_option(row: OptionField, shown_default: str, of: type) -> Any:
     return typer.Option(*flags, help=help_text, metavar=row.option.metavar, envvar=row.option.envvar, show_default=False)
 
 
-def _with_options(of: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _with_options(of: type, leave: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command one keyword parameter per row of an option table (``Config``'s or
-    ``BootConfig``'s), after its own."""
+    ``BootConfig``'s), after its own; not those in ``leave``."""
 
     def give(command: Callable[..., None]) -> Callable[..., None]:
         own = list(inspect.signature(command, eval_str=True).parameters.values())
@@ -174,7 +178,7 @@ def _with_options(of: type) -> Callable[[Callable[..., None]], Callable[..., Non
             inspect.Parameter(row.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                               annotation=Annotated[_cli_type(row), _cli_option(row, shown, of)])
             for row, shown in defaults_shown(of)
-            if row.option.in_cli
+            if row.option.in_cli and row.name not in leave
         ]  # fmt: skip
         signature = inspect.Signature([*own, *generated])
         command.__signature__ = signature  # type: ignore[attr-defined]
@@ -254,19 +258,14 @@ def install(
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     with reporting("install", target, json=json, verbose=verbose) as events:
-        for row in option_table():
-            source = ctx.get_parameter_source(row.name) if row.option.secret else None
-            if source is not None and source.name == "COMMANDLINE":  # not from its environment variable
-                events.note(secret_in_argv(row))
+        _warn_secret_flags(ctx, events)
         given = _option_values(options)
         values = merge(given, load_file(config) if config else {})
         expected = load_manifest(from_manifest) if from_manifest else None
         if expected:
             values = {**values, **from_the_manifest(expected, given)}
         password_file, password_hash = values.pop("password_file", None), values.pop("password_hash", None)
-        cfg = build({**values, "target": target})
-        if cfg.cache_packages and cfg.package_cache is None:
-            cfg = dataclasses.replace(cfg, package_cache=cache_home() / "pkg")
+        cfg = _with_cache(build({**values, "target": target}))
         resume = state.plan(cfg.target, box_record(cfg), cfg.force, stream=cfg.install_via is InstallVia.STREAM)
         # The host first: nobody should type a password twice to learn QEMU is missing.
         with events.step("preflight", "Checking the host"):
@@ -295,6 +294,73 @@ def install(
         )
     if not json:
         print(boot_line)  # stdout: the one thing a script may want
+
+
+def _warn_secret_flags(ctx: typer.Context, events: Bus) -> None:
+    for row in option_table():
+        source = ctx.get_parameter_source(row.name) if row.option.secret else None
+        if source is not None and source.name == "COMMANDLINE":  # not from its environment variable
+            events.note(secret_in_argv(row))
+
+
+def _with_cache(cfg: Config) -> Config:
+    """The package cache's default place, in the user's cache directory."""
+    if cfg.cache_packages and cfg.package_cache is None:
+        return dataclasses.replace(cfg, package_cache=cache_home() / "pkg")
+    return cfg
+
+
+UPDATE_LEAVES = ("force", "install_via")  # an update works in place, over 9p
+
+
+@app.command(name="update", epilog=EPILOG, context_settings=CONTEXT)
+@_with_options(Config, leave=UPDATE_LEAVES)
+def update_command(
+    ctx: typer.Context,
+    target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch.")],
+    *,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="TOML file with the box's config, as for the install (the command line wins); its users and files "
+            "replace the box's (without it they stay as they are).",
+        ),
+    ] = None,
+    json: Json = False,
+    verbose: Verbose = False,
+    **options: Any,
+) -> None:
+    """Bring the installed box TARGET to its (changed) config, in place, from the ISO.
+
+    New packages are installed and the rest upgraded (pacman -Syu); packages, services and
+    users the config no longer names are removed or disabled; configuration, users, files,
+    services and commands are applied again; the manifest is rewritten. An option given
+    neither here nor in --config keeps the box's value. Without --password-file the root
+    password stays.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    with reporting("update", target, json=json, verbose=verbose) as events:
+        _warn_secret_flags(ctx, events)
+        recorded = check_updatable(target, state.load(target))
+        values = merge(_option_values(options), load_file(config) if config else {})
+        password_file, password_hash = values.pop("password_file", None), values.pop("password_hash", None)
+        values = new_config(recorded.config, values)
+        cfg = _with_cache(build({**values, "target": target, "install_via": InstallVia.NINEP}))
+        change = changes(recorded, cfg, accounts=config is not None)
+        with events.step("preflight", "Checking the host"):
+            warnings = check_host(Host(target=cfg.target, force=True, iso=cfg.iso))
+        for warning in warnings:
+            events.note(f"{warning.message} ({warning.fix})")
+        if password_file is not None or password_hash:
+            cfg = dataclasses.replace(cfg, password_hash=resolve_password(password_file, password_hash))
+        session = Session.create(cfg)
+        manifest = update_box(session, events, cache_home(), recorded, change)
+        boot_line = f"provision-arch boot {shlex.quote(str(target))}"
+        paths = {"target": str(cfg.target), "transcript": str(session.transcript), "manifest": str(manifest), "boot": boot_line}
+        message = f"Updated {cfg.target} to its config. Boot it with: {boot_line}"
+        events.emit(Result("ok", message, round(time.monotonic() - started, 3), paths))
 
 
 BootConfigOption = Annotated[

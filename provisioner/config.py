@@ -353,8 +353,7 @@ class BootConfig:
         check_hardware(self.memory, self.cpus)
         if self.ephemeral and self.fs is RootFs.VIRTIOFS:
             raise UsageError(
-                "--ephemeral takes the root over 9p: QEMU holds it read-only on the host, which a virtiofsd cannot "
-                "everywhere",
+                "--ephemeral takes the root over 9p: QEMU holds it read-only on the host, which a virtiofsd cannot everywhere",
                 "drop --fs virtiofs, or boot without --ephemeral",
             )
 

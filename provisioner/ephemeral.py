@@ -56,8 +56,7 @@ def make_scratch(path: Path) -> None:
         said = (result.stderr or result.stdout).strip().splitlines()
         raise HostError(
             f"cannot make the throwaway layer's disk: mkfs.ext4 exited {result.returncode}: {said[-1] if said else ''}",
-            "install e2fsprogs (provision-arch doctor names what is missing), and check the space under "
-            f"{path.parent}",
+            f"install e2fsprogs (provision-arch doctor names what is missing), and check the space under {path.parent}",
         )
 
 

@@ -18,7 +18,7 @@ import textwrap
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from shlex import quote as q
 
 from provisioner import stream, unpack, users
@@ -256,6 +256,7 @@ def build_initramfs(con: Console, session: Session, timeout: float) -> str | Non
 
 def set_password(con: Console, session: Session, timeout: float) -> None:
     # The hash travels as a file on the share; only its path crosses the console.
+    assert session.root_password is not None  # an install always has one; an update without one has no such step
     chpasswd(con, session.root_password, timeout)
 
 
@@ -278,6 +279,12 @@ def create_users(con: Console, session: Session, timeout: float) -> str | None:
         install_file(con, file, timeout, chroot=True)
     if session.user_passwords is not None:
         chpasswd(con, session.user_passwords, timeout)
+    # What an earlier run gave a user and the config no longer does (keys, a sudo rule) goes.
+    for user in cfg.users:
+        keys, rule = users.owned_files(user.name)
+        for path, wanted in ((keys, user.authorized_keys), (rule, user.sudo)):
+            if not wanted:
+                remove_owned(con, path, timeout)
     sudoers = [user.name for user in cfg.users if user.sudo]
     if sudoers and con.run(f"test -x {MNT}/usr/bin/sudo", 30).status != 0:
         return f"sudo is not installed, so the sudo rule for {', '.join(sudoers)} does nothing yet: add sudo to packages"
@@ -308,6 +315,12 @@ def add_user(con: Console, user: User, timeout: float) -> None:
     # An account of an earlier run (--force): the config is the truth for its groups and shell.
     groups = "" if user.groups else " -G ''"
     con.check(chrooted(f"usermod{options}{groups} {q(user.name)}"), timeout)
+
+
+def remove_owned(con: Console, path: PurePosixPath, timeout: float) -> None:
+    """Remove a user's file from the target if provision-arch wrote it (its first line is users.MARK)."""
+    where = q(MNT + str(path))
+    con.check(f"if head -n 1 -- {where} 2>/dev/null | grep -qxF -e {q(users.MARK)}; then rm -f -- {where}; fi", timeout)
 
 
 def copy_files(con: Console, session: Session, timeout: float) -> None:
@@ -358,7 +371,7 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
 
 
 def unmount(con: Console, session: Session, timeout: float) -> None:
-    con.check(f"sync && umount {MNT}", timeout, hint="something still uses the target; see the transcript")
+    con.check(f"sync && umount -R {MNT}", timeout, hint="something still uses the target; see the transcript")
 
 
 STEPS: list[Step] = [
@@ -443,14 +456,19 @@ def provision(
         if legacy:
             as_guest_root("remove", cfg.target, LEGACY_STATE, as_root=is_root())  # it may hold a staged password hash
             events.note(f"removed {cfg.target / LEGACY_STATE}: an older provision-arch kept its state there")
-        state = resume or State(box_record(cfg))
+        state = resume or State(box_record(cfg), users=[user.name for user in cfg.users])
         save(cfg.target, state)
         if resume:
             events.note(f"resuming the install into {cfg.target}: {', '.join(resume.done) or 'no target step'} done before")
-        return _provision(session, events, cache_dir, state, expected)
+        return in_live_system(session, events, cache_dir, state, plan(cfg), expected=expected)
 
 
-def _provision(session: Session, events: Bus, cache_dir: Path, state: State, expected: Manifest | None) -> Path:
+def in_live_system(
+    session: Session, events: Bus, cache_dir: Path, state: State, steps: list[Step], *, expected: Manifest | None = None
+) -> Path:
+    """Boot the ISO, run ``steps`` on the target, power off, unpack a stream, finish; the manifest's path.
+
+    The install's and the update's common part: the caller holds the target's lock."""
     cfg = session.cfg
     iso = acquire_iso(cfg, events, cache_dir)
     with events.step("read-iso", f"Reading {iso.name}"):
@@ -477,7 +495,7 @@ def _provision(session: Session, events: Bus, cache_dir: Path, state: State, exp
             with events.step("boot", "Booting the ISO and logging in"):
                 con = machine.enter_context(live_console(session, iso, boot, transcript, events))
                 con.check("dmesg -n 1", 30)  # keep kernel messages out of command output
-            run_steps(con, session, events, transcript, state)
+            run_steps(con, session, events, transcript, state, steps=steps)
             with events.step("poweroff", "Powering off"):
                 con.poweroff()
         if session.stream is not None:
@@ -511,9 +529,9 @@ def unpack_tree(session: Session, state: State) -> str:
     return f"unpacked {summary.entries} entries ({summary.bytes / 2**20:.0f} MiB) into {session.target}"
 
 
-def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State) -> None:
+def run_steps(con: Console, session: Session, events: Bus, transcript: Transcript, state: State, *, steps: list[Step]) -> None:
     """The guest steps in order; a resumed run skips the target steps an earlier run finished."""
-    for step in plan(session.cfg):
+    for step in steps:
         if not step.enabled(session.cfg):
             events.skip(step.name, step.title)
             continue
@@ -555,6 +573,6 @@ def finish(session: Session, events: Bus, state: State, iso: tuple[Path, str], e
                 f"the rebuild differs from {expected.path} in {len(differ)} package(s): {'; '.join(differ[:10])}",
                 f"compare {manifest} with {expected.path}; was the snapshot the same?",
             )
-        state.finished = True
+        state.finished, state.updating = True, False
         save(cfg.target, state)
     return manifest

@@ -35,7 +35,7 @@ class Session:
     workspace: Workspace
     run_id: str
     files: tuple[StagedFile, ...]  # rendered templates, installed by the configure step
-    root_password: StagedFile  # chpasswd -e input: "root:HASH"
+    root_password: StagedFile | None  # chpasswd -e input: "root:HASH" (None: an update that keeps the password)
     user_files: tuple[StagedFile, ...] = ()  # authorized_keys and sudoers files, installed by the users step
     user_passwords: StagedFile | None = None  # chpasswd -e input for the users with a password hash
     copied: tuple[StagedFile, ...] = ()  # the config's [[files]], installed by the files step
@@ -47,7 +47,9 @@ class Session:
         files = tuple(StagedFile(path, content) for path, content in sorted(rootfs_files(cfg).items()))
         if cfg.snapshot:
             files += (StagedFile(PurePosixPath("/etc/pacman.d/mirrorlist"), render(SNAPSHOT_MIRRORLIST, cfg)),)
-        password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
+        password = None
+        if cfg.password_hash:
+            password = StagedFile(PurePosixPath("/root.chpasswd"), f"root:{cfg.password_hash}\n", 0o600, secret=True)
         return cls(
             cfg=cfg,
             workspace=Workspace.of(cfg.target),
@@ -63,8 +65,8 @@ class Session:
     @property
     def all_files(self) -> tuple[StagedFile, ...]:
         """Everything ``stage()`` writes."""
-        optional = (self.user_passwords,) if self.user_passwords else ()
-        return (*self.files, self.root_password, *self.user_files, *optional, *self.copied)
+        optional = tuple(file for file in (self.root_password, self.user_passwords) if file)
+        return (*self.files, *self.user_files, *optional, *self.copied)
 
     @property
     def target(self) -> Path:

@@ -5,7 +5,9 @@ the options that define the box (and their digest) and the target steps finished
 it is written after each one. A stream install marks the unpack while it runs, so that a
 tree it left half written is recognised as such. A run on a
 target with an unfinished state for the same config resumes; a finished target or a
-different config is refused unless ``--force`` starts over. A state file from an older
+different config is refused unless ``--force`` starts over (a finished one with a new config
+is pointed to ``update``, which marks its own run: see ``update``). The state also names the
+accounts the config made, so that an update can remove those the config drops. A state file from an older
 version or edited by hand is not trusted: it is set aside with a note.
 """
 
@@ -31,10 +33,13 @@ class State:
     done: list[str] = field(default_factory=list)
     finished: bool = False
     unpacking: bool = False  # a stream install is unpacking its tree into the target
+    users: list[str] = field(default_factory=list)  # the accounts the config made: an update removes those it drops
+    updating: bool = False  # ``update`` is bringing the finished box to a new config
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": __version__, "config": self.config, "config_digest": digest(self.config),
-                "done": self.done, "finished": self.finished, "unpacking": self.unpacking}  # fmt: skip
+                "done": self.done, "finished": self.finished, "unpacking": self.unpacking, "users": self.users,
+                "updating": self.updating}  # fmt: skip
 
 
 def state_path(target: Path) -> Path:
@@ -48,7 +53,9 @@ def load(target: Path) -> State | None:
         if data.get("format") != FORMAT or digest(data["config"]) != data.get("config_digest"):
             return None
         done = [str(step) for step in data["done"]]
-        return State(dict(data["config"]), done, bool(data["finished"]), bool(data.get("unpacking", False)))
+        users = [str(name) for name in data.get("users", [])]
+        unpacking, updating = bool(data.get("unpacking", False)), bool(data.get("updating", False))
+        return State(dict(data["config"]), done, bool(data["finished"]), unpacking, users, updating)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -75,16 +82,26 @@ def plan(target: Path, record: dict[str, Any], force: bool, *, stream: bool = Fa
     state = load(target)
     if state is None:
         return None  # untrustworthy: the target check decides (not empty → --force)
-    if (state.finished or state.unpacking) and not _entries(target):
+    if (state.finished or state.unpacking or state.updating) and not _entries(target):
         return None  # the box was deleted since: its state is stale
+    if state.updating:
+        raise UsageError(
+            f"an update of {target} was interrupted", f"run provision-arch update {target} again, or --force to reinstall"
+        )
     if state.unpacking:
         raise UsageError(
             f"{target} holds a tree whose unpack was interrupted",
             "start over with --force (the stream is not kept)",
         )
     if state.config != record:
+        changed = "; ".join(differences(state.config, record))
+        if state.finished:
+            raise UsageError(
+                f"{target} is installed with a different config ({changed})",
+                f"bring it to the new one in place with provision-arch update {target} (same options), or --force to reinstall",
+            )
         raise UsageError(
-            f"{target} was installed with a different config ({'; '.join(differences(state.config, record))})",
+            f"{target} was installed with a different config ({changed})",
             "use the same options to resume, or --force to start over",
         )
     if state.finished:

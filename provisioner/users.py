@@ -33,6 +33,7 @@ HOME = PurePosixPath("/home")
 SUDOERS_D = PurePosixPath("/etc/sudoers.d")
 PASSWORDS = PurePosixPath("/users.chpasswd")  # chpasswd -e input, staged as a secret
 AREA = "users"  # their files' subdirectory of the stage
+MARK = "# Written by provision-arch"  # the first line of every file of a user the config owns
 OWN_KEYS = "~/.ssh/"  # authorized_keys_files may also name NAME.pub directly in here
 FIELDS = ("name", "groups", "sudo", "shell", "password_hash", "authorized_keys", "authorized_keys_files")
 KEY_TYPES = (
@@ -85,18 +86,25 @@ class User:
         """authorized_keys (0600, the user's, in a 0700 ~/.ssh the step creates) and the sudoers file (0440)."""
         files = []
         if self.authorized_keys:
-            keys = "".join(line + "\n" for line in self.authorized_keys)
+            keys = f"{MARK} from {self.key}.authorized_keys: an update rewrites this file.\n"
+            keys += "".join(line + "\n" for line in self.authorized_keys)
             files.append(StagedFile(self.home / ".ssh/authorized_keys", keys, 0o600, f"{self.name}:{self.name}", area=AREA))
         if self.sudo:
             files.append(StagedFile(SUDOERS_D / self.name, sudoers(self), 0o440, area=AREA))
         return tuple(files)
 
 
+def owned_files(name: str) -> tuple[PurePosixPath, PurePosixPath]:
+    """The files a user of the config may have from provision-arch: its authorized_keys and
+    its sudoers rule. Each starts with MARK; one the config no longer asks for is removed."""
+    return HOME / name / ".ssh/authorized_keys", SUDOERS_D / name
+
+
 def sudoers(user: User) -> str:
     """The sudoers.d rule: without a password sudo could never ask, so NOPASSWD; with one, it asks."""
     rule = "ALL=(ALL:ALL) NOPASSWD: ALL" if user.locked else "ALL=(ALL:ALL) ALL"
     why = "the account has no password" if user.locked else "sudo asks for the user's password"
-    return f"# Written by provision-arch ({user.key}.sudo = true; {why}).\n{user.name} {rule}\n"
+    return f"{MARK} ({user.key}.sudo = true; {why}).\n{user.name} {rule}\n"
 
 
 def check_key_line(line: Any, key: str, *, echo: bool = True) -> str:

@@ -131,7 +131,9 @@ def test_authorized_keys_are_the_users_own_in_a_private_ssh_directory(devbox: Ru
     assert owner_mode(target / "home/dev/.ssh") == (1000, 1000, 0o700)
     keys = target / "home/dev/.ssh/authorized_keys"
     assert owner_mode(keys) == (1000, 1000, 0o600)
-    assert keys.read_text() == f"{DEV_KEY}\n{OPS_KEY}\n"  # the strings, then the files' keys without comments
+    # provision-arch's mark (a comment), the strings, then the files' keys without comments
+    assert keys.read_text().splitlines()[1:] == [DEV_KEY, OPS_KEY]
+    assert keys.read_text().startswith(users.MARK)
     assert not (target / "home/ci/.ssh").exists(), "no keys, no .ssh"
 
 
