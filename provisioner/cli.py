@@ -323,8 +323,8 @@ def update_command(
         Path | None,
         typer.Option(
             metavar="FILE",
-            help="TOML file with the box's config, as for the install (the command line wins); its users and files "
-            "replace the box's (without it they stay as they are).",
+            help="TOML file with the box's whole config, as for the install (the command line wins; a key it leaves out "
+            "takes its default). Without it, the box's own options are the base, and its users and files stay as they are.",
         ),
     ] = None,
     json: Json = False,
@@ -335,9 +335,9 @@ def update_command(
 
     New packages are installed and the rest upgraded (pacman -Syu); packages, services and
     users the config no longer names are removed or disabled; configuration, users, files,
-    services and commands are applied again; the manifest is rewritten. An option given
-    neither here nor in --config keeps the box's value. Without --password-file the root
-    password stays.
+    services and commands are applied again; the manifest is rewritten. With --config the
+    file (and the command line) describe the box, as for an install; without it, an option
+    not given keeps the box's value. Without --password-file the root password stays.
     """
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
@@ -346,7 +346,8 @@ def update_command(
         recorded = check_updatable(target, state.load(target))
         values = merge(_option_values(options), load_file(config) if config else {})
         password_file, password_hash = values.pop("password_file", None), values.pop("password_hash", None)
-        values = new_config(recorded.config, values)
+        if config is None:
+            values = new_config(recorded.config, values)  # without a file, the box's own options are the base
         cfg = _with_cache(build({**values, "target": target, "install_via": InstallVia.NINEP}))
         change = changes(recorded, cfg, accounts=config is not None)
         with events.step("preflight", "Checking the host"):

@@ -320,7 +320,7 @@ def add_user(con: Console, user: User, timeout: float) -> None:
 def remove_owned(con: Console, path: PurePosixPath, timeout: float) -> None:
     """Remove a user's file from the target if provision-arch wrote it (its first line is users.MARK)."""
     where = q(MNT + str(path))
-    con.check(f"if head -n 1 -- {where} 2>/dev/null | grep -qxF -e {q(users.MARK)}; then rm -f -- {where}; fi", timeout)
+    con.check(f'case "$(head -n 1 -- {where} 2>/dev/null)" in {q(users.MARK)}*) rm -f -- {where} ;; esac', timeout)
 
 
 def copy_files(con: Console, session: Session, timeout: float) -> None:

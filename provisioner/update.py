@@ -19,10 +19,11 @@ snapshot rewrites the box's mirrorlist first (a new snapshot may move packages b
 ``pacman -Suu``). Then ``pacman -Syu`` with the config's packages (``--needed``), and the
 install's steps again; the manifest is rewritten from the box's pacman database.
 
-The new config is the command line over the config file over the box's recorded options:
-an option given nowhere keeps the box's value. Accounts and copied files live only in a
-config file (their secrets are not recorded), so without ``--config`` they are left as they
-are. The config's commands run again: they should be safe to repeat.
+With ``--config``, the file and the command line describe the box, as for an install (a key
+the file leaves out takes its default): the same file that installed a box, changed, updates
+it. Without one, the box's recorded options are the base and the command line changes them;
+accounts and copied files live only in a config file (their secrets are not recorded), so
+they are left as they are. The config's commands run again: they should be safe to repeat.
 
 Interrupted, the box is marked as being updated: ``install`` refuses it and ``update`` runs
 again from the start (every step is safe to repeat; pacman's stale lock is removed).
@@ -103,7 +104,7 @@ def changes(state: State, cfg: Config, *, accounts: bool) -> Changes:
 
 
 def new_config(recorded: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """The update's option values: those given (command line over file), then the box's recorded ones."""
+    """The update's option values without a config file: those given, then the box's recorded ones."""
     rows = {row.name: row for row in option_table()}
     kept = {
         key: tuple(value) if rows[key].repeatable else value

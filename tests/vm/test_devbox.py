@@ -32,6 +32,7 @@ import pexpect
 import pycdlib
 import pytest
 
+from provisioner.manifest import installed_packages
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
 from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_workspace
@@ -376,6 +377,62 @@ def test_zz_throwaway_runs_at_once_leave_the_tree_as_it_was(
         assert stdout.splitlines() == [str(1 << 30), "overlay", "throwaway"], stdout
     assert tree_digest(box.base) == before, "a throwaway run changed the tree"
     assert not list(user_workspace(box.base).root.glob("throwaway/*/disk.img")), "a scratch disk outlived its run"
+
+
+# The box's config, changed for `update`: a package more, dev replaced by ops (with a key and
+# sudo), a file, and a command; the snapshot and archive stay those of the install.
+ADDED = "man-pages"
+UPDATED = f"""
+hostname = "{HOSTNAME}"
+packages = {json.dumps([*PACKAGES, ADDED])}
+services = ["sshd"]
+commands = ["touch /root/made-by-the-update"]
+
+[[users]]
+name = "ops"
+sudo = true
+authorized_keys_files = ["id_ed25519.pub"]
+
+[[files]]
+source = "issue.txt"
+path = "/etc/issue"
+"""
+AS_OPS = "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added}; id dev 2>&1 || true; ls /home"
+
+
+def test_zz_update_adds_a_package_a_user_with_a_key_and_a_file_and_removes_a_user(
+    box: Box, devbox_iso: Path, mirror: Mirror, inside: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    """`update --config` with the changed file, as the unprivileged user; then the box boots
+    with it: ops logs in with the key's account, dev is gone (its home stays), and the
+    manifest is the box's pacman database."""
+    config, issue = box.workdir / "updated.toml", box.workdir / "issue.txt"
+    config.write_text(UPDATED)
+    issue.write_text("updated by provision-arch update\n")
+    for path in (config, issue):
+        os.chown(path, box.user.uid, box.user.gid)
+    argv = [str(box.cli), "update", str(box.base), "--iso", str(devbox_iso), "--config", str(config), "--accel", "tcg",
+            "--json", "--archive-url", mirror.guest_url, "--snapshot", DAY2.date.isoformat()]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(as_user(box.user, box.workdir, argv), capture_output=True, text=True, timeout=3600, check=False)
+    TIMES["devbox: update"] = time.monotonic() - started
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    for event in events:
+        if event["type"] == "step-finished":
+            TIMES[f"devbox: update step {event['step']}"] = float(event["seconds"])
+    steps = [e["step"] for e in events if e["type"] == "step-started"]
+    assert steps[steps.index("upgrade") :] == ["upgrade", "configure", "initramfs", "users", "accounts", "files",
+                                               "services", "command-1", "unmount", "poweroff", "manifest"]  # fmt: skip
+    manifest = json.loads(user_workspace(box.base).manifest.read_text())
+    packages = installed_packages(box.base)
+    assert manifest["packages"] == packages and ADDED in packages
+    ran = provision_run(box, "--user", "ops", "--", "sh", "-c", AS_OPS.format(added=ADDED))
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[:3] == ["ops", (box.workdir / "id_ed25519.pub").read_text().strip(), "updated by provision-arch update"]
+    assert lines[3] == f"{ADDED} {packages[ADDED]}"
+    assert "no such user" in lines[4] and "dev" in lines[5:] and "ops" in lines[5:], ran.stdout
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
