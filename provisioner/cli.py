@@ -47,6 +47,7 @@ from provisioner.config import (
 from provisioner.display import Display
 from provisioner.errors import EXIT_CODES, ExitCode, HostError, ProvisionError, UsageError
 from provisioner.events import Bus, Checked, Error, Event, Output, Result, RunResult, Started
+from provisioner.export import Format, export, parse_size
 from provisioner.install import provision
 from provisioner.jsonlines import JsonLines
 from provisioner.manifest import Manifest, load_manifest
@@ -361,6 +362,43 @@ def update_command(
         boot_line = f"provision-arch boot {shlex.quote(str(target))}"
         paths = {"target": str(cfg.target), "transcript": str(session.transcript), "manifest": str(manifest), "boot": boot_line}
         message = f"Updated {cfg.target} to its config. Boot it with: {boot_line}"
+        events.emit(Result("ok", message, round(time.monotonic() - started, 3), paths))
+
+
+@app.command(name="export", epilog=EPILOG, context_settings=CONTEXT)
+def export_command(
+    target: Annotated[Path, typer.Argument(help="A directory installed by provision-arch.")],
+    *,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="raw or qcow2: a bootable GPT disk (UEFI); tar: the root file system for podman import, machinectl "
+            "import-tar or wsl --import; oci: an OCI image layout directory for skopeo and podman.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="PATH", help="Where to write it (a new path outside the box).")
+    ],
+    size: Annotated[
+        str | None,
+        typer.Option(metavar="SIZE", help="The disk's size (raw, qcow2), e.g. 8G [default: the tree plus headroom]."),
+    ] = None,
+    json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Export the box TARGET as a disk image, a root tarball or an OCI image, without root.
+
+    The box's SSH host keys, its machine id (empty: each copy makes its own) and
+    provision-arch's own names in the tree are left out; the box's manifest is written beside
+    the export as OUTPUT.manifest.json. See docs/export.md.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    with reporting("export", target, json=json, verbose=verbose) as events:
+        exported = export(target, fmt, output, events, size=parse_size(size) if size else None)
+        paths = {"target": str(target), "output": str(exported.path), "manifest": str(exported.manifest)}
+        message = f"Exported {target} as {fmt.value}: {exported.path} ({exported.size / 2**20:.0f} MiB)"
         events.emit(Result("ok", message, round(time.monotonic() - started, 3), paths))
 
 

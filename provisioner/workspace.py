@@ -172,8 +172,8 @@ class Workspace:
         holder = self.holder()
         if holder == SHARED_HOLDER.strip():
             return (
-                f"throwaway boots (--ephemeral) are running on {self.target}",
-                "wait for them to finish, or add --ephemeral: throwaway boots may run together",
+                f"throwaway boots (--ephemeral) or exports are reading {self.target}",
+                "wait for them to finish; throwaway boots and exports may run together",
             )
         return (
             f"another provision-arch (pid {holder}) is working on {self.target}",
