@@ -32,9 +32,11 @@ import pexpect
 import pycdlib
 import pytest
 
+from provisioner.export import FRESH_MACHINE_ID, LEFT_OUT
 from provisioner.manifest import installed_packages
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
+from tests.tree_view import archived
 from tests.vm.unprivileged import TIMES, E2EUser, as_user, user_workspace
 
 pytestmark = pytest.mark.vm
@@ -433,6 +435,68 @@ def test_zz_update_adds_a_package_a_user_with_a_key_and_a_file_and_removes_a_use
     assert lines[:3] == ["ops", (box.workdir / "id_ed25519.pub").read_text().strip(), "updated by provision-arch update"]
     assert lines[3] == f"{ADDED} {packages[ADDED]}"
     assert "no such user" in lines[4] and "dev" in lines[5:] and "ops" in lines[5:], ran.stdout
+
+
+# Rootless podman as the e2e user. runc and cgroupfs: crun refuses a host with hybrid cgroups.
+CONTAINERS_CONF = '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+
+
+def as_box_user(box: Box, argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """A command as the e2e user, with a runtime directory for podman."""
+    run_dir = box.workdir / "run"
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(run_dir, box.user.uid, box.user.gid)
+    full = as_user(box.user, box.workdir, ["env", f"XDG_RUNTIME_DIR={run_dir}", *argv])
+    return subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def exported(box: Box, fmt: str) -> Path:
+    output = box.workdir / f"export.{fmt}"
+    started = time.monotonic()
+    result = as_box_user(box, [str(box.cli), "export", str(box.base), "--format", fmt, "--output", str(output)])
+    TIMES[f"devbox: export --format {fmt}"] = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def box_view(box: Box) -> dict[str, list[object]]:
+    """The tree as the box sees it (its ids, in the user's namespace), without what an export leaves out."""
+    script = box.workdir / "tree_view.py"
+    shutil.copyfile(Path(__file__).parents[1] / "tree_view.py", script)
+    script.chmod(0o644)
+    argv = ["unshare", "--map-auto", "--map-root-user", "python3", str(script), str(box.base), *LEFT_OUT, FRESH_MACHINE_ID]
+    result = as_box_user(box, argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(line) for line in result.stdout.splitlines())
+
+
+def test_zz_export_tar_and_oci_keep_every_entry_and_run_in_rootless_podman(box: Box) -> None:
+    """Both exports as the unprivileged user: every entry's owner, mode, link, attributes and
+    content match the tree as the box sees it; podman (rootless) imports the tarball and runs
+    the OCI layout, skopeo reads it, and each names Arch."""
+    conf = box.workdir / ".config/containers/containers.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(CONTAINERS_CONF)
+    for path in (box.workdir / ".config", conf.parent, conf):
+        os.chown(path, box.user.uid, box.user.gid)
+    tar = exported(box, "tar")
+    expected = box_view(box)
+    with tarfile.open(tar) as opened:
+        got = archived(opened)
+    assert got.pop("./" + FRESH_MACHINE_ID)[6] == hashlib.sha256(b"").hexdigest()
+    differ = sorted(name for name in set(got) | set(expected) if got.get(name) != expected.get(name))
+    assert not differ, f"{len(differ)} entries differ, e.g. {[(n, got.get(n), expected.get(n)) for n in differ[:3]]}"
+    imported = as_box_user(box, ["podman", "import", str(tar), "provision-arch-e2e:tar"])
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    ran = as_box_user(box, ["podman", "run", "--rm", "--network", "none", "provision-arch-e2e:tar", "cat", "/etc/os-release"])
+    assert ran.returncode == 0 and 'NAME="Arch Linux"' in ran.stdout, ran.stderr[-3000:]
+    layout = exported(box, "oci")
+    inspected = as_box_user(box, ["skopeo", "inspect", f"oci:{layout}"])
+    assert inspected.returncode == 0, inspected.stderr[-3000:]
+    assert (json.loads(inspected.stdout)["Architecture"], json.loads(inspected.stdout)["Os"]) == ("amd64", "linux")
+    ran = as_box_user(box, ["podman", "run", "--rm", "--network", "none", f"oci:{layout}", "cat", "/etc/os-release"])
+    assert ran.returncode == 0 and 'NAME="Arch Linux"' in ran.stdout, ran.stderr[-3000:]
+    assert tar.with_name("export.tar.manifest.json").exists() and layout.with_name("export.oci.manifest.json").exists()
 
 
 def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
