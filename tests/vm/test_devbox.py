@@ -399,7 +399,8 @@ authorized_keys_files = ["id_ed25519.pub"]
 source = "issue.txt"
 path = "/etc/issue"
 """
-AS_OPS = "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added}; id dev 2>&1 || true; ls /home"
+# pacman -Q through cat: on a terminal (run's output is the console) pacman hides the cursor first.
+AS_OPS = "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added} | cat; id dev 2>&1 || true; ls /home"
 
 
 def test_zz_update_adds_a_package_a_user_with_a_key_and_a_file_and_removes_a_user(
