@@ -62,6 +62,8 @@ class Format(StrEnum):
     OCI = "oci"
 
 
+# The host programs each format runs (doctor checks them).
+TOOLS = {Format.TAR: ("tar",), Format.OCI: ("tar",), Format.RAW: ("tar",), Format.QCOW2: ("tar", "qemu-img")}
 LEFT_OUT = (".provision-arch", ".provision-arch-run", ".provision-arch-unpack", "var/lib/pacman/db.lck", "etc/ssh/ssh_host_*")
 FRESH_MACHINE_ID = "etc/machine-id"  # empty in an image: its first boot makes its own
 SYSTEMD = "usr/lib/systemd/systemd"

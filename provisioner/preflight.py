@@ -22,7 +22,7 @@ import pexpect
 
 from provisioner.errors import HostError, UsageError
 from provisioner.qemu import QEMU, Machine, cpu_has_virtualisation
-from provisioner.run import NotFound, run, sbin_program, wrap
+from provisioner.run import PACKAGES, NotFound, run, sbin_program, wrap
 from provisioner.tree import IN_ROOT, Tree, TreeError
 from provisioner.virtiofs import INSTALL_HINT, Virtiofsd, find_virtiofsd
 from provisioner.workspace import Workspace
@@ -330,6 +330,17 @@ def check_mkfs() -> Iterator[Problem]:
                       "install it: sudo apt-get install e2fsprogs", False)  # fmt: skip
 
 
+def check_export() -> Iterator[Problem]:
+    """What each format of `export` runs on the host (found in sbin too)."""
+    from provisioner.export import TOOLS  # noqa: PLC0415 - export checks a box with this module
+
+    for fmt, programs in TOOLS.items():
+        if missing := [name for name in programs if shutil.which(sbin_program(name)) is None]:
+            packages = " ".join(sorted({PACKAGES.get(name, name) for name in missing}))
+            message = f"no {', '.join(missing)}: `export --format {fmt}` cannot run"
+            yield Problem(message, f"install: sudo apt-get install {packages}", False)
+
+
 BOOT_FILES = ("boot/vmlinuz-linux", "boot/initramfs-linux.img")
 
 
@@ -383,6 +394,7 @@ CHECKS: tuple[Check, ...] = (
     Check("kvm", "KVM acceleration", lambda host: check_kvm(probe_kernels(host.cache) if host.cache else ()), doctor_only=True),
     Check("virtiofs", "virtiofsd for boot --fs virtiofs", lambda host: check_virtiofs(), doctor_only=True),
     Check("mkfs", "mkfs.ext4 for --ephemeral", lambda host: check_mkfs(), doctor_only=True),
+    Check("export", "the programs export runs", lambda host: check_export(), doctor_only=True),
 )
 
 

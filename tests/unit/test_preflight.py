@@ -204,3 +204,16 @@ def test_doctor_finds_mkfs_in_sbin_or_says_what_to_install(tmp_path: Path, monke
     (tmp_path / "sbin").mkdir()
     fake_bin(tmp_path / "sbin", "mkfs.ext4", "true")
     assert list(preflight.check_mkfs()) == []
+
+
+def test_doctor_names_what_each_export_format_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (check,) = [check for check in preflight.CHECKS if check.name == "export"]
+    assert check.doctor_only, "an install needs none of it"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("provisioner.run.SBIN", (str(tmp_path / "sbin"),))
+    fake_bin(tmp_path, "tar", "true")
+    (missing,) = preflight.check_export()
+    assert missing.message.startswith("no qemu-img: `export --format qcow2`") and "qemu-utils" in missing.fix
+    assert not missing.blocking
+    fake_bin(tmp_path, "qemu-img", "true")
+    assert list(preflight.check_export()) == []
