@@ -88,6 +88,9 @@ ROOTFS_INCLUDE = (
     # static busybox of the initramfs and of the repository's busybox package.
     "linux-image-amd64",
     "busybox-static",
+    # systemd-boot's EFI binary, which Arch's systemd package ships
+    # (/usr/lib/systemd/boot/efi/systemd-bootx64.efi): a disk export's boot loader.
+    "systemd-boot-efi",
 )
 # Bump when the way the debootstrap root is made changes.
 ROOTFS_RECIPE = "2"

@@ -124,7 +124,10 @@ _USER_UNITS = (
 )  # fmt: skip
 
 _UDEV_RULES = (
-    "50-udev-default.rules", "70-power-switch.rules", "70-uaccess.rules", "71-seat.rules",
+    # 60-persistent-storage: /dev/disk/by-partuuid (and by-uuid…), by which a disk export's
+    # fstab names its partitions and systemd waits for them (without it: emergency mode).
+    "50-udev-default.rules", "60-persistent-storage.rules",
+    "70-power-switch.rules", "70-uaccess.rules", "71-seat.rules",
     "73-seat-late.rules", "75-net-description.rules", "80-drivers.rules",
     "80-net-setup-link.rules", "99-systemd.rules",
 )  # fmt: skip
@@ -159,7 +162,7 @@ PARTS: tuple[Part, ...] = (
     ),
     Part(
         "systemd",
-        ("systemd", "libsystemd-shared", "systemd-resolved", "udev", "libpam-systemd"),
+        ("systemd", "libsystemd-shared", "systemd-resolved", "udev", "libpam-systemd", "systemd-boot-efi"),
         (
             *(f"/lib/systemd/system/{u}" for u in _SYSTEMD_UNITS),
             "/lib/systemd/system/*.target.wants/*",
@@ -171,6 +174,8 @@ PARTS: tuple[Part, ...] = (
             f"/lib/{MULTIARCH}/security/pam_systemd.so",
             *(f"/lib/udev/rules.d/{r}" for r in _UDEV_RULES),
             "/lib/systemd/system-preset/90-systemd.preset",
+            # Arch's systemd ships systemd-boot; `provision-arch export` installs it on the ESP.
+            "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
             "/usr/lib/sysusers.d/systemd-journal.conf",
             "/usr/lib/sysusers.d/systemd-network.conf", "/usr/lib/sysusers.d/systemd-resolve.conf",
             *(f"/usr/lib/tmpfiles.d/{t}.conf" for t in (

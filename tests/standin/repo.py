@@ -50,6 +50,11 @@ STANDIN_MODULES = [
     # A throwaway boot's layer (--ephemeral): its scratch disk, file system and overlay, loaded
     # from the box's modules after the root is mounted, as Arch's linux ships them.
     "virtio_blk", "ext4", "jbd2", "mbcache", "crc16", "crc32c_generic", "crc32c-intel", "overlay",
+    # A disk export (raw, qcow2) boots from a virtio or SATA disk: the block hook's drivers
+    # (virtio_scsi, ahci, sd_mod and what they need), and its ESP, mounted at /boot, is FAT
+    # (vfat with the code page and character sets Debian's kernel defaults to).
+    "virtio_scsi", "scsi_mod", "scsi_common", "sd_mod", "ahci", "libahci", "libata",
+    "vfat", "fat", "nls_cp437", "nls_ascii", "nls_utf8",
 ]  # fmt: skip
 
 
