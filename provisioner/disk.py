@@ -669,7 +669,10 @@ def build_disk(
         raise UsageError(f"invalid disk size {size}", "give the image's size in bytes, e.g. 8G")
     require_tools(qcow2=qcow2)
     ids = Ids.new()
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    except OSError as exc:
+        raise HostError(f"cannot write in {output.parent}: {exc.strerror}", "give an --output where you can write") from exc
     try:
         return _build(target, output, work, ids, size=size, qcow2=qcow2, as_root=as_root, progress=progress)
     finally:
