@@ -82,6 +82,7 @@ lint: setup
 standin: setup
 	$(BIN)/python -m tests.standin.build
 
+# Measure, as root: make bench [BENCH_SECTIONS=box] (install, box; default both; tests/bench.py says more).
 bench: setup
 	$(BIN)/python -m tests.bench
 

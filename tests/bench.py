@@ -17,12 +17,19 @@ On the offline stand-in (built as root the first time), in this order:
    and ``never``; the guest's tmpfs as the floor): extract
    one tar of BENCH_FILES (1000) small files, stat every one of them (what ``git status``
    does) with the guest's caches dropped and warm, create and remove as many empty files;
+   the walk stands in for a real ``git status`` and no C build is timed: the stand-in has no
+   git, make or compiler to install (its base-devel is an empty marker package);
    each workload runs on every mount in turn, so that a comparison is never split
    by minutes of other people's load; the host's own tar, walk and creation for scale;
    then coherence on each share: how long until the box reads what the host wrote, and the
    other way round;
 5. root: the stat walks (over the same tree, made on the host) and the creation on the
    booted box's own root, on 9p (``cache=mmap``) and on virtiofs.
+
+BENCH_SECTIONS (a comma list of ``install`` and ``box``; default both) chooses the long
+sections: ``install`` is section 2 (about half an hour), ``box`` sections 3-5. The console
+round trip on a local bash and the ISO read take seconds and always run; ``box`` without
+``install`` boots one base-set box installed via stream from the same mirror.
 
 Prints a table (the README's "Measured" section is a copy) and writes it as JSON to
 ``bench-results.json`` (``BENCH_OUT`` to change). Every figure carries the machine (nproc,
@@ -82,7 +89,11 @@ PACKAGES = "base linux mkinitcpio"
 # shared 2-core machine a file costs 50-150 ms over 9p: 1000 keeps the run under 15 minutes.
 FILES = int(os.environ.get("BENCH_FILES", "1000"))
 CREATES = FILES
-TAR = "/root/bench.tar"  # where the box finds it (copied to its tmpfs before use)
+TAR = "/root/bench.tar"  # where the box finds it
+# The tmpfs the bench mounts in the box, and the tar's copy there that every extraction reads:
+# the stand-in has no tmp.mount (Arch's systemd has), so the box's /tmp is on its root.
+TMPFS = "/tmp/bench"
+SOURCE = f"{TMPFS}/bench.tar"
 # The mounts of the shares section: name -> (how it is shared, 9p's guest mount options or
 # virtiofsd's cache mode).
 NINEP = "trans=virtio,version=9p2000.L,msize=512000,posixacl"
@@ -90,6 +101,7 @@ SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loos
           "virtiofs cache=always": (RootFs.VIRTIOFS, "always"), "virtiofs cache=auto": (RootFs.VIRTIOFS, "auto"),
           "virtiofs cache=never": (RootFs.VIRTIOFS, "never")}  # fmt: skip
 STALE = 5.0  # seconds a side waits for the other's write before calling it stale
+SECTIONS = ("install", "box")  # what BENCH_SECTIONS may name
 
 
 @dataclass
@@ -314,6 +326,15 @@ def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path
     return keep
 
 
+def one_box(iso: Path, work: Path, accel: Accel) -> Path:
+    """The base set installed via stream as root, as bench_install's first install: the box
+    sections' target when the install section does not run."""
+    with Mirror(bench_mirror(work)) as mirror:
+        base, _, wall = install_set(iso, work, "1x-stream", accel, mirror, "1x", "stream")
+    print(f"  (the box: {PACKAGES} installed via stream in {wall:.1f} s)", flush=True)
+    return base
+
+
 def bench_unprivileged(results: Results, iso: Path, work: Path, accel: Accel, mirror: Mirror) -> None:
     """What a user sees: the CLI as an unprivileged user (QEMU in a user namespace), both ways."""
     user = (ensure_user(), install_cli())
@@ -438,7 +459,7 @@ def extraction(results: Results, section: str, box: Box, places: list[Place]) ->
     virtiofs it makes the host flush its own disk).
     """
     for place in places:
-        seconds, _ = box.timed(f"mkdir -p {place.guest}/x && tar -xf /tmp/bench.tar -C {place.guest}/x")
+        seconds, _ = box.timed(f"mkdir -p {place.guest}/x && tar -xf {SOURCE} -C {place.guest}/x")
         flush, _ = box.timed("sync")
         if place.host is not None:
             landed = sum(1 for p in (place.host / "x").rglob("*") if p.is_file())
@@ -474,8 +495,8 @@ def coherence(results: Results, box: Box, places: list[Place]) -> None:
     content has the old one's size, so only a read of the data can tell. Host to box: the
     box has read the file, the host rewrites it, the box reads until it sees the new text
     (its own clock). Box to host: the host has read the file, the box rewrites it, the host
-    reads until it sees it (from the command's return). STALE seconds means never seen."""
-    wait = f"[ $(( $(date +%s%N) - start )) -lt {int(STALE * 1e9)} ]"
+    reads until it sees it (from the command's return). In ms; STALE (5000 ms) means never seen."""
+    now = "${EPOCHREALTIME/./}"  # bash's clock in microseconds: the box's date (busybox) has no %N
     for place in places:
         if place.host is None:
             continue
@@ -483,17 +504,18 @@ def coherence(results: Results, box: Box, places: list[Place]) -> None:
         shared.write_text("host-0\n")
         box.run(f"cat {place.guest}/coherence >/dev/null")  # now in the box's caches
         shared.write_text("host-1\n")
-        poll = (f"start=$(date +%s%N); while [ \"$(cat {place.guest}/coherence)\" != host-1 ] && {wait}; do :; done; "
-                f"echo $(( ($(date +%s%N) - start) / 1000 ))")  # fmt: skip
+        # read: a fresh open and read each time, without a process of its own.
+        poll = (f"start={now}; until read -r seen < {place.guest}/coherence; [ \"$seen\" = host-1 ] || "
+                f"[ $(({now} - start)) -ge {int(STALE * 1e6)} ]; do :; done; echo $(({now} - start))")  # fmt: skip
         seen = min(int(box.run(poll).split()[-1]) / 1e6, STALE)
-        results.add("coherence", "host writes, the box reads it after", seen, column=place.name)
+        results.add("coherence", "host writes, the box reads it after", seen * 1000, "ms", column=place.name)
         shared.read_text()
         box.run(f"echo box-1 > {place.guest}/coherence")
         started = time.perf_counter()
         while shared.read_text() != "box-1\n" and time.perf_counter() - started < STALE:
             time.sleep(0.001)
-        results.add("coherence", "the box writes, the host reads it after", min(time.perf_counter() - started, STALE),
-                    column=place.name)  # fmt: skip
+        seen = min(time.perf_counter() - started, STALE)
+        results.add("coherence", "the box writes, the host reads it after", seen * 1000, "ms", column=place.name)
 
 
 def bench_host(results: Results, tar: Path, work: Path) -> None:
@@ -521,7 +543,7 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
     # The tree the root section walks, made on the host as a checkout would be (not timed).
     (base / "root/bench/x").mkdir(parents=True)
     subprocess.run(["tar", "-xf", str(tar), "-C", str(base / "root/bench/x")], check=True)
-    places = [Place("guest tmpfs", "/tmp/bench")]
+    places = [Place("guest tmpfs", TMPFS)]
     shares = {}
     for i, (name, (how, options)) in enumerate(SHARES.items()):
         (work / f"share{i}").mkdir()
@@ -529,7 +551,7 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
         places.append(Place(name, f"/mnt/share{i}", work / f"share{i}"))
     with booted(base, hw, RootFs.NINEP, shares, results) as box:
         bench_round_trips(results, box.con, "booted box", 100)
-        box.run(f"cp {TAR} /tmp/bench.tar && mkdir -p /tmp/bench")
+        box.run(f"mkdir -p {TMPFS} && mount -t tmpfs bench {TMPFS} && cp {TAR} {SOURCE}")
         for i, (how, options) in enumerate(SHARES.values()):
             mount = f"mount -t 9p -o {options}" if how is RootFs.NINEP else "mount -t virtiofs"
             box.run(f"mkdir -p /mnt/share{i} && {mount} share{i} /mnt/share{i}")
@@ -555,7 +577,8 @@ def table(results: Results) -> str:
     m = results.machine
     lines = [
         f"{m['date']} on {m['nproc']} x {m['cpu']}, {m['accel']}, {m['qemu']}; load average {m['load_before']} "
-        f"before, {m['load_after']} after; {m['other_qemus_before']} other QEMU(s) running at the start.",
+        f"before, {m['load_after']} after; {m['other_qemus_before']} other QEMU(s) running at the start; "
+        f"sections {m['sections']}.",
     ]
     sections = list(dict.fromkeys(f.section for f in results.figures))
     for section in sections:
@@ -574,8 +597,12 @@ def table(results: Results) -> str:
 
 
 def main() -> None:
+    sections = [s.strip() for s in os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(",") if s.strip()]
+    if unknown := set(sections) - set(SECTIONS):
+        sys.exit(f"bench: BENCH_SECTIONS names {', '.join(sorted(unknown))}; it takes {', '.join(SECTIONS)}")
     accel = resolve_accel(Accel(os.environ.get("BENCH_ACCEL", "auto")))
     results = Results(machine(accel))
+    results.machine["sections"] = ",".join(sections)
     print(f"bench on {results.machine['nproc']} x {results.machine['cpu']}, {accel.value}:", flush=True)
     started = time.perf_counter()
     bench_local_console(results)
@@ -583,8 +610,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="provision-arch-bench-", dir="/var/tmp"))
     try:
         bench_iso(results, iso, work)
-        base = bench_install(results, iso, work, accel)
-        bench_box(results, base, work, accel)
+        base = bench_install(results, iso, work, accel) if "install" in sections else None
+        if "box" in sections:
+            bench_box(results, base or one_box(iso, work, accel), work, accel)
+    except BaseException:
+        for log in sorted(work.glob("*/boot-*.log")):  # they go with the work directory
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"\nbench: the end of {log.name}:\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         # Guest ids live in subuid ranges when unprivileged: unshare removes what we cannot.
         removal = ["rm", "-rf", str(work)]
