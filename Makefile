@@ -12,11 +12,14 @@ ISO ?=
 DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv e2fsprogs
 # What the tests need on top: shells for the console tests; for the offline ISO stand-in
 # debootstrap (its Debian 13 root brings the kernel and busybox: none from the host),
-# squashfs, xorriso, xz, pacman with pacstrap/arch-chroot/makepkg.
+# squashfs, xorriso, xz, pacman with pacstrap/arch-chroot/makepkg; for the export tests ACLs
+# and capabilities to pack, sfdisk and mtools for disks, OVMF to boot them, rootless podman
+# (runc: crun refuses hosts with hybrid cgroups) and skopeo to run and read the images.
 TEST_PACKAGES := $(DEBIAN_PACKAGES) qemu-utils python3 python3-pip zsh bash git openssl gnupg \
   fakeroot kmod debootstrap squashfs-tools xorriso xz-utils cpio zstd \
   pacman-package-manager arch-install-scripts makepkg archlinux-keyring libarchive-tools tzdata \
-  openssh-client
+  openssh-client \
+  acl libcap2-bin fdisk mtools ovmf podman skopeo runc
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Install whichever of PACKAGES is missing (one apt-get call; nothing when all are there).
