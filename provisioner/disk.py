@@ -113,6 +113,7 @@ FALLBACK = "initramfs-linux-fallback.img"
 LEFT_OUT = (".provision-arch", ".provision-arch-run", ".provision-arch-unpack")
 MACHINE_ID = PurePosixPath("/etc/machine-id")
 FSTAB = PurePosixPath("/etc/fstab")
+MKINITCPIO_CONF = "etc/mkinitcpio.conf"
 PACMAN_LOCK = PurePosixPath("/var/lib/pacman/db.lck")
 SSH_DIR = PurePosixPath("/etc/ssh")
 HOST_KEY = re.compile(r"ssh_host_[A-Za-z0-9._-]+")
@@ -610,6 +611,27 @@ def _is_dir(tree: Tree, path: PurePosixPath) -> bool:
     return True
 
 
+HOOKS = re.compile(r"^\s*HOOKS=\(([^)]*)\)", re.MULTILINE)
+
+
+def initramfs_warnings(conf: str | None) -> list[str]:
+    """What in the box's mkinitcpio.conf may keep its initramfs from finding the disk's root:
+    the box's initramfs was built in the install's VM (a 9p root, a virtio NIC, no disk), so
+    autodetect would have kept only that VM's modules, and without block or filesystems no
+    disk driver or ext4 is in it at all."""
+    found = HOOKS.findall(conf or "")
+    if not found:
+        return ["the box has no readable HOOKS line in /etc/mkinitcpio.conf: its initramfs may not find the disk's root"]
+    hooks = found[-1].replace('"', " ").replace("'", " ").split()
+    said = []
+    if "autodetect" in hooks:
+        said.append("the box's mkinitcpio.conf has the autodetect hook: its initramfs holds only the modules of the "
+                    "VM it was built in (no ext4, no disk driver) and may not find the disk's root")  # fmt: skip
+    said += [f"the box's mkinitcpio.conf has no {hook} hook: its initramfs may not find the disk's root"
+             for hook in ("block", "filesystems") if hook not in hooks]  # fmt: skip
+    return said
+
+
 def write_loader(esp: Path, boot: BootFiles, ids: Ids) -> None:
     (esp / "loader/loader.conf").write_text(loader_conf())
     (esp / "loader/entries/arch.conf").write_text(loader_entry("Arch Linux", boot.initrds, ids))
@@ -691,6 +713,8 @@ def _build(
         progress(f"left out of the EFI system partition: {name} (a name or type FAT cannot hold, or unreadable)")
     with Tree(target) as tree:
         box_fstab = tree.regular_text(FSTAB.relative_to("/"), MIB)
+        for warning in initramfs_warnings(tree.regular_text(MKINITCPIO_CONF, MIB)):
+            progress(f"warning: {warning}")
     progress("Measuring the tree (in the user namespace)")
     (work / "measure").mkdir()
     content, notes = measure_tree(target, work / "measure", as_root=as_root)

@@ -183,6 +183,16 @@ def test_the_root_is_adjusted_by_debugfs_with_names_it_can_parse(tmp_path: Path)
     assert removed == ["rm /etc/ssh/ssh_host_ed25519_key", "rm /etc/ssh/ssh_host_ed25519_key.pub"]
 
 
+def test_an_initramfs_that_may_not_find_the_disk_is_warned_about() -> None:
+    ours = (Path(__file__).parents[2] / "templates/rootfs/etc/mkinitcpio.conf.j2").read_text()
+    assert disk.initramfs_warnings(ours) == [], "provision-arch's own configuration builds one that does"
+    assert disk.initramfs_warnings("HOOKS=(base systemd autodetect microcode modconf kms keyboard sd-vconsole block filesystems)")
+    lacking = disk.initramfs_warnings("HOOKS=(base udev)\n#HOOKS=(base udev block filesystems)\n")
+    assert len(lacking) == 2 and "no block hook" in lacking[0] and "no filesystems hook" in lacking[1]
+    assert disk.initramfs_warnings("HOOKS=(base udev block)\nHOOKS=(base udev block filesystems)") == [], "the last one counts"
+    assert disk.initramfs_warnings(None)
+
+
 def test_debugfs_listings_are_parsed() -> None:
     text = "/2/040755/0/0/./4096/\n/2/040755/0/0/../4096/\n/33/100444/0/0/machine-id/0/\n/40/120777/1000/1000/odd name/7/\n\n"
     found = parse_listing(text)
