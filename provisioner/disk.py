@@ -29,7 +29,9 @@ bind mount of each top-level entry of the tree except those left out (below) and
 ``/boot``; each entry is opened without following links and bound through its descriptor,
 so a link swapped in meanwhile is never followed; a top-level link is made again as a link.
 A bind mount is not recursive: as with ``tar --one-file-system``, what another file system
-mounts below the tree stays out (a top-level mount point is kept as an empty directory). In
+mounts below the tree stays out (a top-level mount point is kept as an empty directory);
+unprivileged, the kernel refuses to uncover what such a mount hides, and the export says to
+unmount it first. In
 the stage it measures the tree (bytes and inodes, for the sizes) and runs ``mkfs.ext4 -d``,
 which reads the tree itself, never follows a symbolic link (it copies links as links) and
 keeps owners, modes, times, hard links, sparse files and extended attributes (ACLs, file
@@ -71,6 +73,7 @@ host's disk holds only what was written.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -394,12 +397,20 @@ MS_BIND = 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class StageError(Exception):
+    """The stage cannot be made (said in one line by the helper)."""
+
+
 def _bind(source_fd: int, target: Path) -> None:
     """Bind-mount what ``source_fd`` holds (opened without following links) onto ``target``;
-    not recursive, so nothing mounted below it comes along."""
+    not recursive, so nothing mounted below it comes along. In a user namespace the kernel
+    refuses that (EINVAL) when something is mounted below it: it will not uncover what the
+    mount hides."""
     if _libc.mount(f"/proc/self/fd/{source_fd}".encode(), os.fsencode(target), None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"cannot bind {target.name} of the tree ({os.strerror(err)}; a mount below it?)", str(target))
+        if err == errno.EINVAL:
+            raise StageError(f"a file system is mounted below /{target.name} of the box: unmount it, then export again")
+        raise StageError(f"cannot bind /{target.name} of the box: {os.strerror(err)}")
 
 
 def _like(path: Path, status: os.stat_result) -> None:
@@ -442,7 +453,7 @@ def make_stage(target: Path, stage: Path) -> list[str]:
             try:
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino) != (status.st_dev, status.st_ino):
-                    raise OSError(f"/{name} changed while the image was made")
+                    raise StageError(f"/{name} of the box changed while the image was made: is the box running?")
                 _bind(fd, where)
             finally:
                 os.close(fd)
@@ -499,7 +510,7 @@ def measure_tree(target: Path, stage: Path, *, as_root: bool) -> tuple[Content, 
                  timeout=TREE_TIMEOUT)  # fmt: skip
     if result.returncode != 0:
         said = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise HostError(f"could not read the tree {target} as the box's root: {said}", "is the box being written? try again")
+        raise HostError(f"could not read the tree {target} as the box's root: {said}", "see the message; then export again")
     measured = json.loads(result.stdout)
     return Content(int(measured["bytes"]), int(measured["inodes"])), [str(note) for note in measured["notes"]]
 
@@ -760,7 +771,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         return helper(argv[0], json.loads(argv[1]))
-    except (OSError, TreeError) as exc:
+    except (OSError, TreeError, StageError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
 
