@@ -168,7 +168,7 @@ def served(
         enter = [] if as_root else helpers.enter_context(user_namespace())
         root = helpers.enter_context(start_virtiofsd(daemon, target, enter))
         for_shares = [
-            helpers.enter_context(start_virtiofsd(daemon, share.host, enter, cache="auto"))
+            helpers.enter_context(start_virtiofsd(daemon, share.host, enter))
             for share in shares
             if over_virtiofs(share, settings.fs)
         ]

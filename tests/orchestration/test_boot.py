@@ -118,7 +118,7 @@ def test_virtiofsd_ends_by_itself_when_qemu_hangs_up(daemon_dir: Path, tmp_path:
     assert not _alive(pid)
     assert not Path(path).parent.exists(), "the socket's directory outlived the boot"
     argv_seen = (daemon_dir / "argv").read_text().split("\0")
-    assert f"source={tmp_path / 'base'},cache=always,xattr" in argv_seen and "sandbox=chroot" in argv_seen
+    assert f"source={tmp_path / 'base'},cache=auto,xattr" in argv_seen and "sandbox=chroot" in argv_seen
 
 
 def test_virtiofsd_is_terminated_when_the_boot_fails(daemon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

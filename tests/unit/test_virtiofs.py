@@ -47,7 +47,7 @@ def test_c_daemon_argv(tmp_path: Path) -> None:
     daemon = Virtiofsd(Path("/usr/lib/qemu/virtiofsd"), Flavour.C)
     assert virtiofsd_argv(daemon, tmp_path / "base", 3, 524288) == [
         "/usr/lib/qemu/virtiofsd", "--fd=3",
-        "-o", f"source={tmp_path}/base,cache=always,xattr",
+        "-o", f"source={tmp_path}/base,cache=auto,xattr",
         "-o", "sandbox=chroot",
         "--rlimit-nofile=524288",
     ]  # fmt: skip
@@ -58,7 +58,7 @@ def test_rust_daemon_argv(tmp_path: Path) -> None:
     assert virtiofsd_argv(daemon, tmp_path / "a,b", 5, 4096) == [
         "/usr/libexec/virtiofsd", "--fd=5",
         "--shared-dir", f"{tmp_path}/a,b",
-        "--cache", "always", "--xattr", "--sandbox", "chroot",
+        "--cache", "auto", "--xattr", "--sandbox", "chroot",
         "--rlimit-nofile=4096",
     ]  # fmt: skip
 
@@ -125,7 +125,7 @@ def test_print_shows_both_commands_and_starts_nothing(tmp_path: Path, monkeypatc
     text = describe(installed_box(tmp_path), VIRTIOFS, as_root=False)
     comment, daemon_line, qemu_line = text.splitlines()
     assert comment.startswith("# virtiofsd") and "user namespace" in comment
-    assert daemon_line.startswith(f"# {daemon} --fd=3 -o source={tmp_path}/base,cache=always,xattr")
+    assert daemon_line.startswith(f"# {daemon} --fd=3 -o source={tmp_path}/base,cache=auto,xattr")
     assert qemu_line.startswith("unshare --map-auto --map-root-user qemu-system-x86_64 ")
     assert "vhost-user-fs-pci" in qemu_line
     assert describe(tmp_path / "base", NINEP, as_root=True).startswith("qemu-system-x86_64 ")
