@@ -400,7 +400,10 @@ source = "issue.txt"
 path = "/etc/issue"
 """
 # pacman -Q through cat: on a terminal (run's output is the console) pacman hides the cursor first.
-AS_OPS = "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added} | cat; getent passwd dev || echo no-dev; ls /home"
+AS_OPS = (
+    "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added} | cat; "
+    "getent passwd dev || echo no-dev; ls /home"
+)
 
 
 def test_zz_update_adds_a_package_a_user_with_a_key_and_a_file_and_removes_a_user(
