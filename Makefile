@@ -9,7 +9,7 @@ TARGET ?= ./base
 ISO ?=
 # What provision-arch needs on a Debian host (QEMU with 9p, user namespaces, gpgv for the ISO,
 # mkfs.ext4 for a throwaway boot's disk).
-DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv e2fsprogs
+DEBIAN_PACKAGES := qemu-system-x86 uidmap util-linux gpgv python3-venv e2fsprogs fdisk mtools qemu-utils
 # What the tests need on top: shells for the console tests; for the offline ISO stand-in
 # debootstrap (its Debian 13 root brings the kernel and busybox: none from the host),
 # squashfs, xorriso, xz, pacman with pacstrap/arch-chroot/makepkg; for the export tests ACLs

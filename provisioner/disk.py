@@ -88,8 +88,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provisioner.errors import HostError, UsageError
+from provisioner.export import OWN_NAMES
 from provisioner.qemu import BOX_INITRD, BOX_KERNEL
-from provisioner.run import USERNS, run, sbin_program
+from provisioner.run import PACKAGES, USERNS, run, sbin_program
 from provisioner.tree import IN_ROOT, Tree, TreeError
 
 MIB = 1 << 20
@@ -113,7 +114,7 @@ MICROCODE = ("intel-ucode.img", "amd-ucode.img")  # as Arch's entries list them,
 FALLBACK = "initramfs-linux-fallback.img"
 
 # Top-level names of the tree that stay out of the image (the tar and OCI exports' too).
-LEFT_OUT = (".provision-arch", ".provision-arch-run", ".provision-arch-unpack")
+LEFT_OUT = OWN_NAMES
 MACHINE_ID = PurePosixPath("/etc/machine-id")
 FSTAB = PurePosixPath("/etc/fstab")
 MKINITCPIO_CONF = "etc/mkinitcpio.conf"
@@ -126,17 +127,12 @@ ESP_OURS = ("efi", "loader")  # the box's own /boot/EFI and /boot/loader give wa
 ESP_DEPTH = 8
 
 DISK_TOOLS: tuple[str, ...] = ("unshare", "mkfs.ext4", "debugfs", "e2fsck", "sfdisk", "mformat", "mcopy", "qemu-img")
-# The Debian package of each, for the hint of a missing one.
-TOOL_PACKAGES = {
-    "unshare": "util-linux",
-    "mkfs.ext4": "e2fsprogs",
-    "debugfs": "e2fsprogs",
-    "e2fsck": "e2fsprogs",
-    "sfdisk": "fdisk",
-    "mformat": "mtools",
-    "mcopy": "mtools",
-    "qemu-img": "qemu-utils",
-}
+
+
+def disk_tools(*, qcow2: bool) -> tuple[str, ...]:
+    """The host programs a raw image needs; qcow2 adds qemu-img."""
+    return DISK_TOOLS if qcow2 else tuple(tool for tool in DISK_TOOLS if tool != "qemu-img")
+
 TREE_TIMEOUT = 6 * 3600.0  # seconds for what reads the whole tree (many GB on a slow disk)
 TOOL_TIMEOUT = 600.0
 
@@ -537,11 +533,9 @@ def fill_root(target: Path, stage: Path, argv: list[str], *, as_root: bool, size
 
 def require_tools(*, qcow2: bool) -> None:
     """Every program the image needs, before anything is written."""
-    for tool in DISK_TOOLS:
-        if tool == "qemu-img" and not qcow2:
-            continue
+    for tool in disk_tools(qcow2=qcow2):
         if shutil.which(sbin_program(tool)) is None:
-            fix = f"install it: sudo apt-get install {TOOL_PACKAGES[tool]}"
+            fix = f"install it: sudo apt-get install {PACKAGES[tool]}"
             raise HostError(f"{tool} not found on PATH (a disk image needs it)", f"{fix}; provision-arch doctor names the rest")
 
 

@@ -62,9 +62,11 @@ class Format(StrEnum):
     OCI = "oci"
 
 
-# The host programs each format runs (doctor checks them).
-TOOLS = {Format.TAR: ("tar",), Format.OCI: ("tar",), Format.RAW: ("tar",), Format.QCOW2: ("tar", "qemu-img")}
-LEFT_OUT = (".provision-arch", ".provision-arch-run", ".provision-arch-unpack", "var/lib/pacman/db.lck", "etc/ssh/ssh_host_*")
+# The host programs the archive formats run (doctor checks them, and disk.disk_tools).
+TOOLS = {Format.TAR: ("tar",), Format.OCI: ("tar",)}
+# Names provision-arch used or uses in the tree: never part of an export.
+OWN_NAMES = (".provision-arch", ".provision-arch-run", ".provision-arch-unpack")
+LEFT_OUT = (*OWN_NAMES, "var/lib/pacman/db.lck", "etc/ssh/ssh_host_*")
 FRESH_MACHINE_ID = "etc/machine-id"  # empty in an image: its first boot makes its own
 SYSTEMD = "usr/lib/systemd/systemd"
 TAR_TIMEOUT = 6 * 3600.0  # seconds: a tree of many GB on a slow disk

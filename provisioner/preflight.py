@@ -332,9 +332,11 @@ def check_mkfs() -> Iterator[Problem]:
 
 def check_export() -> Iterator[Problem]:
     """What each format of `export` runs on the host (found in sbin too)."""
-    from provisioner.export import TOOLS  # noqa: PLC0415 - export checks a box with this module
+    from provisioner.disk import disk_tools  # noqa: PLC0415 - export checks a box with this module
+    from provisioner.export import TOOLS, Format  # noqa: PLC0415
 
-    for fmt, programs in TOOLS.items():
+    needs = {**TOOLS, Format.RAW: disk_tools(qcow2=False), Format.QCOW2: disk_tools(qcow2=True)}
+    for fmt, programs in needs.items():
         if missing := [name for name in programs if shutil.which(sbin_program(name)) is None]:
             packages = " ".join(sorted({PACKAGES.get(name, name) for name in missing}))
             message = f"no {', '.join(missing)}: `export --format {fmt}` cannot run"

@@ -41,6 +41,11 @@ PACKAGES = {
     "gpgv": "gpgv",
     "sh": "dash",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "sfdisk": "fdisk",
+    "mformat": "mtools",
+    "mcopy": "mtools",
 }
 # Where administration tools live that an unprivileged user's PATH may leave out (Debian's).
 SBIN = ("/usr/sbin", "/sbin")

@@ -39,7 +39,7 @@ from provisioner.disk import (
     sfdisk_script,
 )
 from provisioner.errors import HostError, UsageError
-from provisioner.run import sbin_program
+from provisioner.run import PACKAGES, sbin_program
 from provisioner.tree import TreeError
 
 IDS = Ids(
@@ -207,7 +207,7 @@ def test_a_missing_tool_is_a_host_error_naming_its_package(monkeypatch: pytest.M
     with pytest.raises(HostError, match="mformat not found") as caught:
         disk.require_tools(qcow2=False)
     assert "apt-get install mtools" in caught.value.hint
-    assert set(disk.DISK_TOOLS) <= set(disk.TOOL_PACKAGES)
+    assert set(disk.DISK_TOOLS) <= set(PACKAGES)
 
 
 # -- a whole image from a fake tree, by the real tools --------------------------------------------

@@ -211,9 +211,12 @@ def test_doctor_names_what_each_export_format_lacks(tmp_path: Path, monkeypatch:
     assert check.doctor_only, "an install needs none of it"
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("provisioner.run.SBIN", (str(tmp_path / "sbin"),))
-    fake_bin(tmp_path, "tar", "true")
-    (missing,) = preflight.check_export()
-    assert missing.message.startswith("no qemu-img: `export --format qcow2`") and "qemu-utils" in missing.fix
-    assert not missing.blocking
+    for program in ("tar", "unshare", "mkfs.ext4", "debugfs", "e2fsck", "sfdisk", "mformat"):
+        fake_bin(tmp_path, program, "true")
+    raw, qcow2 = preflight.check_export()
+    assert raw.message == "no mcopy: `export --format raw` cannot run" and raw.fix.endswith("apt-get install mtools")
+    assert qcow2.message == "no mcopy, qemu-img: `export --format qcow2` cannot run" and "mtools qemu-utils" in qcow2.fix
+    assert not raw.blocking
+    fake_bin(tmp_path, "mcopy", "true")
     fake_bin(tmp_path, "qemu-img", "true")
     assert list(preflight.check_export()) == []
