@@ -125,6 +125,9 @@ HOST_KEY = re.compile(r"ssh_host_[A-Za-z0-9._-]+")
 ESP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 ESP_OURS = ("efi", "loader")  # the box's own /boot/EFI and /boot/loader give way to ours
 ESP_DEPTH = 8
+# What the box's /boot may put on the host's disk at most (links resolved inside the box count
+# at their target's size): a real one is a few hundred MiB.
+BOOT_LIMIT = 4 * GIB
 
 DISK_TOOLS: tuple[str, ...] = ("unshare", "mkfs.ext4", "debugfs", "e2fsck", "sfdisk", "mformat", "mcopy", "qemu-img")
 
@@ -132,6 +135,7 @@ DISK_TOOLS: tuple[str, ...] = ("unshare", "mkfs.ext4", "debugfs", "e2fsck", "sfd
 def disk_tools(*, qcow2: bool) -> tuple[str, ...]:
     """The host programs a raw image needs; qcow2 adds qemu-img."""
     return DISK_TOOLS if qcow2 else tuple(tool for tool in DISK_TOOLS if tool != "qemu-img")
+
 
 TREE_TIMEOUT = 6 * 3600.0  # seconds for what reads the whole tree (many GB on a slow disk)
 TOOL_TIMEOUT = 600.0
@@ -497,7 +501,7 @@ def namespace_argv(command: str, request: dict[str, Any], *, as_root: bool) -> l
     """``helper`` in a mount namespace of its own (whose mounts end with it) and, unless we
     are root, in the user namespace QEMU uses."""
     prefix = ["unshare", "--mount"] if as_root else [*USERNS, "--mount"]
-    return [*prefix, sys.executable, "-m", "provisioner.disk", command, json.dumps(request)]
+    return [*prefix, sys.executable, "-P", "-m", "provisioner.disk", command, json.dumps(request)]  # -P: see tree.as_guest_root
 
 
 def measure_tree(target: Path, stage: Path, *, as_root: bool) -> tuple[Content, list[str]]:
@@ -567,12 +571,18 @@ def copy_boot(target: Path, esp: Path) -> BootFiles:
         for path in (BOX_KERNEL, BOX_INITRD):
             if tree.regular(path, IN_ROOT) is None:
                 raise TreeError(f"{target / path} is missing or no regular file", f"is {target} an installed box?")
+        budget = [BOOT_LIMIT]  # bytes the guest's /boot may still put on the host's disk
         if _is_dir(tree, PurePosixPath("boot")):
-            _copy_dir(tree, PurePosixPath("boot"), esp, 0, skipped)
+            _copy_dir(tree, PurePosixPath("boot"), esp, 0, skipped=skipped, budget=budget)
         else:  # a link: the kernel and initramfs, resolved in the box, are all the ESP takes
             skipped.append("/boot (not a directory: only the kernel and initramfs are taken)")
             for path in (BOX_KERNEL, BOX_INITRD):
-                tree.copy_out(path, esp / PurePosixPath(path).name, IN_ROOT)
+                tree.copy_out(path, esp / PurePosixPath(path).name, IN_ROOT, limit=BOOT_LIMIT)
+        if missing := [path for path in (BOX_KERNEL, BOX_INITRD) if not (esp / PurePosixPath(path).name).is_file()]:
+            raise TreeError(
+                f"{target / missing[0]} did not fit: the box's /boot holds more than {BOOT_LIMIT >> 30} GiB",
+                "remove what /boot does not need in the box, then export again",
+            )
         if tree.regular(SYSTEMD_BOOT, IN_ROOT) is None:
             raise TreeError(f"the box has no systemd-boot ({target / SYSTEMD_BOOT})", "install systemd in the box")
         for copy in ESP_LOADERS:
@@ -585,7 +595,7 @@ def copy_boot(target: Path, esp: Path) -> BootFiles:
     return BootFiles(total, initrds, FALLBACK in present, tuple(skipped))
 
 
-def _copy_dir(tree: Tree, path: PurePosixPath, dest: Path, depth: int, skipped: list[str]) -> None:
+def _copy_dir(tree: Tree, path: PurePosixPath, dest: Path, depth: int, *, skipped: list[str], budget: list[int]) -> None:
     taken: set[str] = set()
     for name in sorted(tree.listdir(path)):
         inner = path / name
@@ -595,13 +605,14 @@ def _copy_dir(tree: Tree, path: PurePosixPath, dest: Path, depth: int, skipped: 
             continue
         if tree.regular(inner, IN_ROOT) is not None:
             try:
-                tree.copy_out(inner, dest / name, IN_ROOT)
+                tree.copy_out(inner, dest / name, IN_ROOT, limit=budget[0])
             except TreeError:
                 skipped.append(f"/{inner}")
                 continue
+            budget[0] -= (dest / name).stat().st_size
         elif depth < ESP_DEPTH and _is_dir(tree, inner):
             (dest / name).mkdir(mode=0o700)
-            _copy_dir(tree, inner, dest / name, depth + 1, skipped)
+            _copy_dir(tree, inner, dest / name, depth + 1, skipped=skipped, budget=budget)
         else:
             skipped.append(f"/{inner}")
             continue
@@ -657,8 +668,9 @@ def adjust_root(image: Path, layout: Layout, ids: Ids, work: Path, box_fstab: st
     text = fstab(box_fstab, ids)
     table.write_text(text)
     keys = sorted(listing(image, layout, SSH_DIR))
-    script.write_text(debugfs_script(empty, table, keys))
-    checked([sbin_program("debugfs"), "-w", "-f", str(script), in_root(image, layout)], "changing the root file system")
+    script.write_text(debugfs_script(Path(empty.name), Path(table.name), keys))
+    argv = [sbin_program("debugfs"), "-w", "-f", script.name, in_root(image, layout)]
+    checked(argv, "changing the root file system", cwd=work)  # relative names: a work path may hold spaces
     etc = listing(image, layout, MACHINE_ID.parent)
     expected = {MACHINE_ID.name: (0o100444, 0), FSTAB.name: (0o100644, len(text.encode()))}
     for name, (mode, size) in expected.items():
@@ -728,7 +740,7 @@ def _build(
     layout = plan(content, boot.bytes, size)
     progress(f"Disk of {human(layout.total)}: EFI system partition {human(layout.esp_size)}, "
              f"root {human(layout.root_size)} for a tree of {human(content.bytes)} in {content.inodes} inodes")  # fmt: skip
-    with os.fdopen(os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), "wb") as handle:
+    with os.fdopen(os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
         handle.truncate(layout.total)
     script = work / "sfdisk.script"
     script.write_text(sfdisk_script(layout, ids))
@@ -753,8 +765,11 @@ def _build(
         final = work / "disk.qcow2"
         checked(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image), str(final)], "converting to qcow2",
                 timeout=TREE_TIMEOUT)  # fmt: skip
-    os.chmod(final, 0o644)
-    os.rename(final, output)
+    os.chmod(final, 0o600)  # it holds /etc/shadow and the users' homes: yours alone, as export.py says
+    try:
+        os.link(final, output)  # never over something that appeared meanwhile; the work directory goes
+    except FileExistsError:
+        raise UsageError(f"{output} appeared while the image was built", "give a new path") from None
     return DiskImage(output, output.stat().st_size, ids.root, layout.esp_size)
 
 

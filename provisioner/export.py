@@ -47,12 +47,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from provisioner import preflight
+from provisioner import preflight, state
 from provisioner.errors import HostError, UsageError
 from provisioner.events import Bus
 from provisioner.run import run, wrap
 from provisioner.tree import IN_ROOT, Tree
-from provisioner.workspace import Workspace
+from provisioner.workspace import Workspace, create_private
 
 
 class Format(StrEnum):
@@ -119,8 +119,9 @@ def pack(target: Path, output: Path, stage: Path, *, as_root: bool) -> None:
 def check_output(target: Path, output: Path) -> Path:
     """Where the export may go: a new path, outside the box, in an existing directory."""
     output = output.absolute()
-    if os.path.lexists(output):
-        raise UsageError(f"{output} exists", "give a new path, or remove the old export first")
+    for path in (output, beside(output)):
+        if os.path.lexists(path):
+            raise UsageError(f"{path} exists", "give a new path, or remove the old export first")
     if not output.parent.is_dir():
         raise UsageError(f"{output.parent} is not a directory", "create it first, or give another --output")
     box = target.resolve()
@@ -129,9 +130,19 @@ def check_output(target: Path, output: Path) -> Path:
     return output
 
 
+def beside(output: Path) -> Path:
+    """Where the box's manifest goes."""
+    return output.with_name(output.name + ".manifest.json")
+
+
 def check_box(target: Path) -> None:
-    """An installed box, whose export this host can make."""
+    """An installed box, whose export this host can make: not one an install or an update left
+    half done (a box without provision-arch's state, from an older version, is taken as it is)."""
     preflight.check_box(target, start=False)
+    found = state.load(target)
+    if found is not None and (found.updating or found.unpacking or not found.finished):
+        why = "an update of it was interrupted" if found.updating else "its install is not finished"
+        raise UsageError(f"{target} is not a finished box: {why}", f"finish it first (provision-arch update or install {target})")
     if shutil.which("tar") is None:
         raise HostError("tar not found on PATH", "install it: sudo apt-get install tar")
 
@@ -142,7 +153,15 @@ def partial(output: Path) -> Iterator[Path]:
     temporary = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
         yield temporary
-        os.replace(temporary, output)
+        if temporary.is_dir():
+            if os.path.lexists(output):
+                raise HostError(f"{output} appeared while the export ran", "give a new path")
+            os.rename(temporary, output)
+        else:
+            try:
+                os.link(temporary, output)  # never over something that appeared meanwhile
+            except FileExistsError:
+                raise HostError(f"{output} appeared while the export ran", "give a new path") from None
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -258,6 +277,16 @@ def export(target: Path, fmt: Format, output: Path, events: Bus, *, size: int | 
         raise UsageError(f"--size is for a disk image, not --format {fmt.value}", "drop --size, or use --format raw|qcow2")
     workspace = Workspace.of(target)
     as_root = preflight.is_root()
+    mask = os.umask(0o077)  # an export holds /etc/shadow and the users' homes: it is yours alone
+    try:
+        return _export(target, fmt, output, events, size=size, workspace=workspace, as_root=as_root)
+    finally:
+        os.umask(mask)
+
+
+def _export(
+    target: Path, fmt: Format, output: Path, events: Bus, *, size: int | None, workspace: Workspace, as_root: bool
+) -> Exported:
     with workspace.locked(shared=True), tempfile.TemporaryDirectory(dir=workspace.root, prefix="export-") as scratch:
         work = Path(scratch)
         if fmt is Format.TAR:
@@ -271,9 +300,10 @@ def export(target: Path, fmt: Format, output: Path, events: Bus, *, size: int | 
             with events.step("disk", f"Building the {fmt.value} disk image"):
                 image = build_disk(target, output, size=size, qcow2=fmt is Format.QCOW2, as_root=as_root, progress=events.note)
             written = image.size
-        beside = output.with_name(output.name + ".manifest.json")
+        manifest = beside(output)
         if workspace.manifest.exists():
-            shutil.copyfile(workspace.manifest, beside)
+            with os.fdopen(create_private(manifest), "wb") as sink:
+                sink.write(workspace.manifest.read_bytes())
         else:
             events.note(f"{target} has no manifest.json (installed by an older provision-arch?): none beside the export")
-    return Exported(output, written, beside)
+    return Exported(output, written, manifest)

@@ -35,11 +35,12 @@ class State:
     unpacking: bool = False  # a stream install is unpacking its tree into the target
     users: list[str] = field(default_factory=list)  # the accounts the config made: an update removes those it drops
     updating: bool = False  # ``update`` is bringing the finished box to a new config
+    before: dict[str, Any] | None = None  # while updating: the config the box had before (what the update changes)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": __version__, "config": self.config, "config_digest": digest(self.config),
                 "done": self.done, "finished": self.finished, "unpacking": self.unpacking, "users": self.users,
-                "updating": self.updating}  # fmt: skip
+                "updating": self.updating, "before": self.before}  # fmt: skip
 
 
 def state_path(target: Path) -> Path:
@@ -55,7 +56,8 @@ def load(target: Path) -> State | None:
         done = [str(step) for step in data["done"]]
         users = [str(name) for name in data.get("users", [])]
         unpacking, updating = bool(data.get("unpacking", False)), bool(data.get("updating", False))
-        return State(dict(data["config"]), done, bool(data["finished"]), unpacking, users, updating)
+        before = dict(data["before"]) if data.get("before") is not None else None
+        return State(dict(data["config"]), done, bool(data["finished"]), unpacking, users, updating, before)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

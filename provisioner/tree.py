@@ -179,11 +179,17 @@ class Tree:
         except OSError as exc:
             raise self._error(path, exc, "is it an installed box?") from exc
 
-    def copy_out(self, path: PurePosixPath | str, dest: Path, resolve: Resolve = BENEATH) -> Path:
-        """Copy a regular file of the box to ``dest`` on the host (created 0600, never through a link)."""
+    def copy_out(self, path: PurePosixPath | str, dest: Path, resolve: Resolve = BENEATH, *, limit: int | None = None) -> Path:
+        """Copy a regular file of the box to ``dest`` on the host (created 0600, never through a
+        link). A file larger than ``limit`` bytes is refused before anything is written."""
         try:
-            with os.fdopen(self._open_regular(path, resolve), "rb") as source, os.fdopen(create_private(dest), "wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
+            with os.fdopen(self._open_regular(path, resolve), "rb") as source:
+                size = os.fstat(source.fileno()).st_size
+                if limit is not None and size > limit:
+                    where = f"{self.target}/{str(path).lstrip('/')}"
+                    raise TreeError(f"{where} is larger than {limit} bytes", "is it an installed box?")
+                with os.fdopen(create_private(dest), "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 20)
         except OSError as exc:
             raise self._error(path, exc, "is it an installed box?") from exc
         return dest
@@ -341,7 +347,9 @@ def as_guest_root(action: str, target: Path, name: str, *, as_root: bool) -> Non
         with Tree(target) as tree:
             getattr(tree, action)(name)
         return
-    argv = wrap([sys.executable, "-m", "provisioner.tree", action, str(target), name], as_root=False)
+    # -P: the current directory (perhaps the box's own root, with a planted provisioner/) is
+    # not put first on the module path.
+    argv = wrap([sys.executable, "-P", "-m", "provisioner.tree", action, str(target), name], as_root=False)
     result = run(argv, timeout=3600)
     if result.returncode != 0:
         said = (result.stderr.strip().splitlines() or ["no message"])[-1]

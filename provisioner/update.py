@@ -55,11 +55,13 @@ from provisioner.install import (
     in_live_system,
     install_file,
     pacman_hint,
+    remove_owned,
 )
 from provisioner.session import Session
 from provisioner.state import State, save
 
 PACMAN = "pacman --noconfirm"
+ESSENTIAL = ("base", "linux")  # an update never removes these: the box would not boot
 BOX_CACHE = "/var/cache/pacman/pkg"  # pacman's CacheDir in the box
 
 
@@ -89,12 +91,21 @@ class Changes:
 
 
 def changes(state: State, cfg: Config, *, accounts: bool) -> Changes:
-    """What the update of a box in ``state`` to ``cfg`` removes, disables and rewrites."""
-    old = state.config
+    """What the update of a box in ``state`` to ``cfg`` removes, disables and rewrites: against
+    the config before the first of a series of interrupted updates, whose changes may be half
+    made (``State.before``)."""
+    old = state.before if state.updating and state.before is not None else state.config
     packages, services = set(cfg.packages), set(cfg.services)
     gone = tuple(name for name in state.users if name not in {user.name for user in cfg.users}) if accounts else ()
+    removed = tuple(name for name in old.get("packages", []) if name not in packages)
+    if kept := [name for name in removed if name in ESSENTIAL]:
+        raise UsageError(
+            f"the new config no longer names {', '.join(kept)}: the update would remove the box's "
+            + ("kernel" if kept == ["linux"] else "base system"),
+            f"name {' and '.join(kept)} in the packages (--package replaces the list; give the whole list)",
+        )
     return Changes(
-        removed=tuple(name for name in old.get("packages", []) if name not in packages),
+        removed=removed,
         disabled=tuple(name for name in old.get("services", []) if name not in services),
         gone=gone,
         mirror=(old.get("mirror"), old.get("snapshot")) != (cfg.mirror, cfg.snapshot),
@@ -205,7 +216,7 @@ def remove_accounts(names: tuple[str, ...]) -> Step:
             if entry.status != 0 or len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < FIRST_UID:
                 continue  # gone already, or not an account of ours
             con.check(chrooted(f"userdel {q(name)}"), timeout, hint=f"see userdel's message ({name})")
-            con.check(f"rm -f -- {q(MNT + str(users.owned_files(name)[1]))}", timeout)
+            remove_owned(con, users.owned_files(name)[1], timeout)
         return f"removed {', '.join(names)}; their home directories under /home stay"
 
     return Step("accounts", "Removing accounts the config no longer names", action, 300)
@@ -221,6 +232,8 @@ def plan(cfg: Config, change: Changes) -> list[Step]:
     if change.mirror:
         steps.append(Step("mirrorlist", "Writing the box's mirrorlist", rewrite_mirrorlist, 60))
     steps.append(upgrade(change.downgrade))
+    if change.disabled:  # before their packages may go: disabling needs the unit file
+        steps.append(disable_services(change.disabled))
     if change.removed:
         steps.append(remove_packages(change.removed))
     steps += [install["configure"], install["initramfs"]]
@@ -234,8 +247,6 @@ def plan(cfg: Config, change: Changes) -> list[Step]:
         steps.append(Step("files", "Copying files in", copy_files, 600))
     if cfg.services:
         steps.append(Step("services", "Enabling services", enable_services, 300))
-    if change.disabled:
-        steps.append(disable_services(change.disabled))
     steps += [command_step(index, command) for index, command in enumerate(cfg.commands)]
     return [*steps, install["unmount"]]
 
@@ -257,10 +268,11 @@ def _update(session: Session, events: Bus, cache_dir: Path, state: State, change
         events.note(f"an earlier update of {cfg.target} was interrupted: this one starts over")
     # Until it is done, the box is being updated, and every account either config names is the config's.
     kept = state.users if not change.accounts else [user.name for user in cfg.users]
-    working = replace(state, config=box_record(cfg), done=[], finished=False, updating=True)
+    before = state.before if state.updating and state.before is not None else state.config
+    working = replace(state, config=box_record(cfg), done=[], finished=False, updating=True, before=before)
     working.users = sorted(set(state.users) | set(kept))
     save(cfg.target, working)
     manifest = in_live_system(session, events, cache_dir, working, plan(cfg, change))
-    working.users = kept
+    working.users, working.before = kept, None
     save(cfg.target, working)
     return manifest

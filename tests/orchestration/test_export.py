@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from provisioner.cli import app
 from provisioner.errors import ExitCode
 from provisioner.export import FRESH_MACHINE_ID, LEFT_OUT
+from provisioner.state import State, save
 from tests.helpers import installed_box
 from tests.tree_view import archived, entries
 
@@ -88,6 +89,7 @@ def test_tar_keeps_every_owner_mode_link_and_attribute_and_leaves_out_the_boxs_o
     assert "security.capability" in got["./usr/bin/ping"][5], "the file capability is in the tarball"  # type: ignore[operator]
     assert not {name for name in got if name.startswith(("./.provision-arch", "./etc/ssh/ssh_host"))}
     assert events[-1]["type"] == "result" and events[-1]["paths"]["output"] == str(output)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600, "it holds /etc/shadow: the user's alone"
     assert sorted(p.name for p in output.parent.iterdir()) == ["box.tar"], "no manifest: this tree was not installed"
     assert "has no manifest.json" in " ".join(e.get("message", "") for e in events)
     assert sorted(p.name for p in (tmp_path / "victim").iterdir()) == [], "the planted link was not followed"
@@ -162,6 +164,14 @@ def test_a_bad_output_or_option_is_refused_before_anything_is_written(
         assert output.read_text() == "mine\n"
     else:
         assert not output.exists()
+
+
+def test_a_box_whose_update_was_interrupted_is_refused(tmp_path: Path) -> None:
+    base = box(tmp_path)
+    save(base, State({}, updating=True))
+    code, events, _ = export(base, "--format", "tar", "--output", str(tmp_path / "x.tar"))
+    assert code == ExitCode.USAGE and "an update of it was interrupted" in events[-1]["message"]
+    assert not (tmp_path / "x.tar").exists()
 
 
 def test_a_directory_that_is_not_a_box_is_refused(tmp_path: Path) -> None:

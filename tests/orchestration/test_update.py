@@ -43,8 +43,8 @@ authorized_keys = ["{NEW_KEY}"]
 source = "issue.txt"
 path = "/etc/issue"
 """
-UPDATE_STEPS = ["mount", "cache", "upgrade", "remove", "configure", "initramfs", "users", "accounts", "files",
-                "disable", "command-1", "unmount"]  # fmt: skip
+UPDATE_STEPS = ["mount", "cache", "upgrade", "disable", "remove", "configure", "initramfs", "users", "accounts",
+                "files", "command-1", "unmount"]  # fmt: skip
 
 Update = Callable[..., Run]
 
@@ -170,6 +170,20 @@ def test_an_interrupted_update_is_marked_and_the_next_one_finishes_it(
     assert again.exit_code == 0, again.stderr
     assert "an earlier update" in notes(again)
     assert json.loads(Workspace.of(devbox).state_file.read_text())["finished"] is True
+
+
+def test_an_interrupted_update_still_makes_the_changes_of_the_first(
+    devbox: Path, update: Update, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state keeps the config before the update: the second run still removes and disables."""
+    changed = str(changed_config(tmp_path))
+    monkeypatch.setenv("FAKE_FAIL", "pacman")
+    assert update("--config", changed).exit_code == ExitCode.STEP
+    monkeypatch.delenv("FAKE_FAIL")
+    again = update("--config", changed)
+    assert again.exit_code == 0, again.stderr
+    assert {"disable", "remove", "accounts"} <= set(again.steps())
+    assert "zsh" not in installed_packages(devbox) and accounts(devbox, "ci") == {}
 
 
 def test_a_changed_config_on_a_finished_box_points_to_update(devbox: Path, install: Any, tmp_path: Path) -> None:

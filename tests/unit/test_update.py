@@ -46,6 +46,17 @@ def test_a_new_mirror_or_snapshot_rewrites_the_mirrorlist(given: dict[str, str],
     assert ("mirrorlist" in [step.name for step in plan(config(**given), found)]) is mirror
 
 
+def test_an_update_never_removes_the_kernel_or_base() -> None:
+    with pytest.raises(UsageError) as refused:
+        changes(state(), config(packages=("git",)), accounts=False)
+    assert "base, linux" in refused.value.message and "give the whole list" in refused.value.hint
+
+
+def test_an_interrupted_update_is_measured_against_the_config_before_it() -> None:
+    interrupted = State({**RECORD, "packages": ["base", "linux"]}, updating=True, before=dict(RECORD))
+    assert changes(interrupted, config(packages=("base", "linux")), accounts=False).removed == ("zsh",)
+
+
 def test_without_a_file_the_recorded_options_are_the_base() -> None:
     values = new_config(RECORD, {"hostname": "other", "packages": None, "timezone": None})
     assert values["hostname"] == "other", "the command line wins"
@@ -56,8 +67,8 @@ def test_without_a_file_the_recorded_options_are_the_base() -> None:
 def test_the_steps_follow_the_changes() -> None:
     cfg = config(password_hash="$6$x$y", users=(User("dev"),), services=("sshd",), commands=("true",))
     names = [step.name for step in plan(cfg, Changes(removed=("zsh",), disabled=("x",), gone=("ci",)))]
-    assert names == ["mount", "cache", "upgrade", "remove", "configure", "initramfs", "password", "users", "accounts",
-                     "services", "disable", "command-1", "unmount"]  # fmt: skip
+    assert names == ["mount", "cache", "upgrade", "disable", "remove", "configure", "initramfs", "password", "users",
+                     "accounts", "services", "command-1", "unmount"]  # fmt: skip
     quiet = [step.name for step in plan(config(cache_packages=False), Changes(accounts=False))]
     assert quiet == ["mount", "upgrade", "configure", "initramfs", "unmount"]
 
