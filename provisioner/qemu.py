@@ -68,12 +68,19 @@ def qemu_value(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
+# Under TCG one host thread runs every vCPU: with a thread each (multi-threaded TCG), Linux
+# 6.12 patching its own code while another vCPU runs it was seen to end in "Oops: int3" in
+# sched_clock_cpu and a panic a few seconds into the boot (three times on 2026-12-02: a CI
+# install, a bench boot, an exported disk), more often on a loaded host.
+TCG = "tcg,thread=single"
+
+
 def _common(hw: Hardware, share: Path | None, forwards: Sequence[Forward] = ()) -> list[str]:
     cpu = "host" if hw.accel is Accel.KVM else "max"
     return [
         QEMU,
         "-machine", f"{hw.machine.value},dump-guest-core=off",
-        "-accel", hw.accel.value,
+        "-accel", TCG if hw.accel is Accel.TCG else hw.accel.value,
         "-cpu", cpu,
         "-m", str(hw.memory),
         "-smp", str(hw.cpus),

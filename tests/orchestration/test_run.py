@@ -171,7 +171,7 @@ def test_kvm_that_hangs_falls_back_to_tcg(run: Any, fake: Fake, box: Path, monke
     result = run("--accel", "auto", "--", "true")
     assert result.exit_code == 0, result.stderr
     kvm, tcg = run_launches(fake)
-    assert "kvm" in kvm["argv"] and "tcg" in tcg["argv"] and kvm["end"] <= tcg["time"]
+    assert "kvm" in kvm["argv"] and "tcg,thread=single" in tcg["argv"] and kvm["end"] <= tcg["time"]
     assert_clean(fake, box)
 
 

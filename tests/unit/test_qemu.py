@@ -49,7 +49,7 @@ def test_boot_argv_is_the_seeds_second_command(tmp_path: Path) -> None:
     assert option(argv, "-boot") == ["strict=on"]
     assert option(argv, "-netdev") == ["user,id=net0"]
     assert option(argv, "-m") == ["2048"] and option(argv, "-smp") == ["2"]
-    assert option(argv, "-accel") == ["tcg"]
+    assert option(argv, "-accel") == ["tcg,thread=single"], "one thread: no vCPU runs code another patches"
 
 
 def test_install_argv_boots_the_iso_kernel_with_a_serial_console(tmp_path: Path) -> None:
