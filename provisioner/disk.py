@@ -88,7 +88,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provisioner.errors import HostError, UsageError
-from provisioner.export import OWN_NAMES
+from provisioner.export import OWN_NAMES, check_output
 from provisioner.qemu import BOX_INITRD, BOX_KERNEL
 from provisioner.run import PACKAGES, USERNS, run, sbin_program
 from provisioner.tree import IN_ROOT, Tree, TreeError
@@ -698,12 +698,7 @@ def build_disk(
     target: Path, output: Path, *, size: int | None, qcow2: bool, as_root: bool, progress: Callable[[str], None]
 ) -> DiskImage:
     """The box at ``target`` as a bootable GPT disk image at ``output`` (raw, or qcow2)."""
-    output = output.absolute()
-    if os.path.lexists(output):
-        raise UsageError(f"{output} exists", "give a new path, or remove the old image first")
-    box = target.resolve()
-    if output.parent.resolve() == box or box in output.parent.resolve().parents:
-        raise UsageError(f"{output} is inside the box {target}", "put the image outside the box's directory")
+    output = check_output(target, output)
     if size is not None and size <= 0:
         raise UsageError(f"invalid disk size {size}", "give the image's size in bytes, e.g. 8G")
     require_tools(qcow2=qcow2)

@@ -122,11 +122,11 @@ def check_output(target: Path, output: Path) -> Path:
     for path in (output, beside(output)):
         if os.path.lexists(path):
             raise UsageError(f"{path} exists", "give a new path, or remove the old export first")
-    if not output.parent.is_dir():
-        raise UsageError(f"{output.parent} is not a directory", "create it first, or give another --output")
     box = target.resolve()
     if output.parent.resolve() == box or box in output.parent.resolve().parents:
         raise UsageError(f"{output} is inside the box {target}", "put the export outside the box's directory")
+    if not output.parent.is_dir():
+        raise UsageError(f"{output.parent} is not a directory", "create it first, or give another --output")
     return output
 
 
