@@ -300,16 +300,15 @@ def add_user(con: Console, user: User, timeout: float) -> None:
             hint=f"{user.key}.shell: {user.shell} is not installed in the target; add its package to packages",
         )
     options = (f" -s {q(str(user.shell))}" if user.shell else "") + (f" -G {q(','.join(user.groups))}" if user.groups else "")
-    entry = con.run(f"grep -m1 {q('^' + user.name + ':')} {MNT}/etc/passwd", 30)
-    if entry.status != 0:
+    entry, uid = account(con, user.name)
+    if entry is None:
         con.check(chrooted(f"useradd -m -U{options} {q(user.name)}"), timeout, hint=f"see useradd's message ({user.key})")
         return
-    fields = entry.output.strip().split(":")
-    if len(fields) < 3 or not re.fullmatch(r"[0-9]+", fields[2]) or int(fields[2]) < FIRST_UID:
+    if uid is None or uid < FIRST_UID:
         raise CommandFailed(
             f"useradd {user.name}",
             9,  # useradd's status for a name in use
-            entry.output,
+            entry,
             f"{user.key}.name: {user.name!r} is a system account of the installed system; pick another name",
         )
     # An account of an earlier run (--force): the config is the truth for its groups and shell.
@@ -321,6 +320,15 @@ def remove_owned(con: Console, path: PurePosixPath, timeout: float) -> None:
     """Remove a user's file from the target if provision-arch wrote it (its first line is users.MARK)."""
     where = q(MNT + str(path))
     con.check(f'case "$(head -n 1 -- {where} 2>/dev/null)" in {q(users.MARK)}*) rm -f -- {where} ;; esac', timeout)
+
+
+def account(con: Console, name: str) -> tuple[str | None, int | None]:
+    """The target's passwd line for ``name`` (None: no such account) and its uid (None: not a number)."""
+    entry = con.run(f"grep -m1 {q('^' + name + ':')} {MNT}/etc/passwd", 30)
+    if entry.status != 0:
+        return None, None
+    fields = entry.output.strip().split(":")
+    return entry.output, int(fields[2]) if len(fields) >= 3 and re.fullmatch(r"[0-9]+", fields[2]) else None
 
 
 def copy_files(con: Console, session: Session, timeout: float) -> None:

@@ -47,6 +47,7 @@ from provisioner.install import (
     MNT,
     STEPS,
     Step,
+    account,
     chrooted,
     command_step,
     copy_files,
@@ -211,9 +212,8 @@ def remove_accounts(names: tuple[str, ...]) -> Step:
 
     def action(con: Console, session: Session, timeout: float) -> str | None:
         for name in names:
-            entry = con.run(f"grep -m1 {q('^' + name + ':')} {MNT}/etc/passwd", 30)
-            fields = entry.output.strip().split(":")
-            if entry.status != 0 or len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < FIRST_UID:
+            _, uid = account(con, name)
+            if uid is None or uid < FIRST_UID:
                 continue  # gone already, or not an account of ours
             con.check(chrooted(f"userdel {q(name)}"), timeout, hint=f"see userdel's message ({name})")
             remove_owned(con, users.owned_files(name)[1], timeout)
