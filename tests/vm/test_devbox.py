@@ -402,7 +402,7 @@ path = "/etc/issue"
 # pacman -Q through cat: on a terminal (run's output is the console) pacman hides the cursor first.
 AS_OPS = (
     "id -un; tail -n 1 ~/.ssh/authorized_keys; cat /etc/issue; pacman -Q {added} | cat; "
-    "getent passwd dev || echo no-dev; ls /home"
+    "getent passwd dev || echo no-dev; ls -1 /home"
 )
 
 
