@@ -50,10 +50,16 @@ $(BIN)/provision-arch: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Everything, on a fresh Debian 12 as root: installs the Debian packages, the venv, then runs
-# unit, orchestration (fake QEMU), console (real local shells) and vm (real QEMU on the stand-in).
+# Everything, on a fresh Debian 12 or 13 as root: installs the Debian packages, the venv, builds
+# the stand-in ISO and archive (or finds them cached), then runs unit, orchestration (fake
+# QEMU), console (real local shells) and vm (real QEMU on the stand-in), TEST_JOBS test
+# modules at a time (each TCG guest keeps one core busy; tests/conftest.py starts the longest
+# first). The figures the VM tests measured close the output.
+TEST_JOBS ?= 2
 test: test-deps setup
-	$(BIN)/pytest -v --hypothesis-profile=ci
+	$(BIN)/python -m tests.standin.build
+	$(BIN)/python -m tests.standin.archive
+	$(BIN)/pytest -v -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=25 --hypothesis-profile=ci
 
 # The VM tier's core (install, boot over 9p, boot over virtiofs) on Debian 13's QEMU 10 and
 # Rust virtiofsd, chrooted in a cached trixie root (root; not part of make test).

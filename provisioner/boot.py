@@ -165,7 +165,7 @@ def served(
             return
         # QEMU joins virtiofsd's namespace rather than making its own: one mapping, processes
         # to end, and guest ids land in the same subuid range through all.
-        enter = [] if as_root else helpers.enter_context(user_namespace())
+        enter = [] if as_root else helpers.enter_context(user_namespace(target))
         root = helpers.enter_context(start_virtiofsd(daemon, target, enter))
         for_shares = [
             helpers.enter_context(start_virtiofsd(daemon, share.host, enter))

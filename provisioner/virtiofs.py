@@ -182,15 +182,16 @@ def _spawn(argv: list[str], *, hint: str, **popen: Any) -> subprocess.Popen[byte
 
 
 @contextlib.contextmanager
-def user_namespace() -> Iterator[list[str]]:
+def user_namespace(serving: Path) -> Iterator[list[str]]:
     """A user namespace mapped as QEMU's (``unshare --map-auto --map-root-user``), open until
     the context ends; yields the argv prefix that runs a command inside it.
 
     The holder is a shell that prints a line once the mapping is in place (unshare writes it
     before it execs the shell) and then waits on its stdin: it ends when we close that pipe,
-    and by PR_SET_PDEATHSIG if we die first.
+    and by PR_SET_PDEATHSIG if we die first. Its arguments name the box it serves (``ps``
+    shows which boot a holder belongs to).
     """
-    argv = [*USERNS, "sh", "-c", "echo ready && read _"]
+    argv = [*USERNS, "sh", "-c", "echo ready && read _", "provision-arch-userns", str(serving)]
     log.debug("+ %s", shlex.join(argv))
     holder = _spawn(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -389,7 +389,7 @@ def booted(
     as_root = os.geteuid() == 0
     with ExitStack() as stack:
         # Unprivileged, every virtiofsd and QEMU share one user namespace, as `provision-arch boot` does.
-        enter = [] if as_root else stack.enter_context(user_namespace())
+        enter = [] if as_root else stack.enter_context(user_namespace(base))
         daemon = require_virtiofsd()
 
         def served(path: Path, cache: str = "always") -> Path:

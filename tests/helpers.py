@@ -1,4 +1,5 @@
-"""Small builders shared by the test layers: archiso-like ISOs, password files, SSH public keys."""
+"""Small builders shared by the test layers: archiso-like ISOs, password files, SSH public keys;
+the tables of figures a test reports."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import hashlib
 import io
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import pycdlib
+import pytest
 
 from provisioner.workspace import Workspace
 
@@ -99,3 +102,11 @@ def ssh_public_key(comment: str = "dev@laptop") -> str:
 def staged_secrets(target: Path) -> list[Path]:
     """chpasswd files left in the target or its workspace (the stage lives in the workspace)."""
     return [*target.rglob("*.chpasswd"), *Workspace.of(target).root.rglob("*.chpasswd")]
+
+
+def report(request: pytest.FixtureRequest, title: str, rows: Mapping[str, float]) -> None:
+    """Attach a table of figures to the test's report. tests/conftest.py prints every such table
+    at the end of the run: an xdist worker's own output is never shown."""
+    width = max(map(len, rows), default=0)
+    lines = [f"{title}:", *(f"  {name:<{width}} {value:9.1f}" for name, value in rows.items())]
+    request.node.user_properties.append(("report", "\n".join(lines)))

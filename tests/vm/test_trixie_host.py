@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import report
 from tests.standin.mirror import Mirror
 from tests.vm.test_e2e import (  # noqa: F401  (collected here)
     Installed,
@@ -73,9 +74,6 @@ def installed(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path) -> Ins
     return done
 
 
-def test_zz_print_phase_times(capsys: pytest.CaptureFixture[str]) -> None:
-    with capsys.disabled():
-        print("\nphase wall times:")
-        for phase, seconds in TIMES.items():
-            print(f"  {phase:<50} {seconds:7.1f} s")
+def test_zz_report_phase_times(request: pytest.FixtureRequest) -> None:
+    report(request, "phase wall times (s)", TIMES)
     assert TIMES, "no phase ran"

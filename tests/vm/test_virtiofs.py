@@ -22,14 +22,13 @@ import pytest
 
 from tests.standin.archive import DAY2
 from tests.standin.mirror import Mirror
-from tests.vm.unprivileged import E2EUser, as_user, user_workspace
+from tests.vm.unprivileged import E2EUser, as_user, box_processes, named
 
 pytestmark = pytest.mark.vm
 
 PASSWORD = "vfs-Pass-w0rd"  # the throwaway test box's root password
 HOSTNAME = "vfs-box"
 EXTRA = "vim"  # installed with pacman in the box booted over virtiofs
-HOLDER = "sh -c echo ready && read _"  # the command line of the user namespace's holder
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +44,6 @@ def base(user: E2EUser, cli: Path, workdir: Path, standin_iso: Path, mirror: Mir
     result = subprocess.run(as_user(user, workdir, argv), capture_output=True, text=True, timeout=2400, check=False)
     assert result.returncode == 0, f"install: exit {result.returncode}\n{result.stderr[-4000:]}"
     return target
-
-
-def ours(user: E2EUser, base: Path) -> dict[int, str]:
-    """The user's processes that belong to a boot of ``base``: the CLI and virtiofsd (they name
-    it in their arguments), QEMU (it names the box's workspace, where the boot files are
-    copied out of the tree) and the namespace holder. pid -> command line."""
-    marks = (str(base), str(user_workspace(base).root))
-    found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if proc.stat().st_uid != user.uid:
-                continue
-            cmdline = (proc / "cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(mark in cmdline for mark in marks) or cmdline == HOLDER:
-            found[int(proc.name)] = cmdline
-    return found
-
-
-def named(processes: dict[int, str], program: str) -> list[int]:
-    return [pid for pid, cmdline in processes.items() if Path(cmdline.split()[0]).name == program]
 
 
 def wait_for(condition: str, probe: Callable[[], object], timeout: float) -> None:
@@ -88,17 +65,17 @@ def booting(user: E2EUser, cli: Path, workdir: Path, base: Path) -> Iterator[pex
     finally:
         child.close(force=True)
         # The CLI ended (or was killed): QEMU, virtiofsd and the holder go with it.
-        wait_for(f"no process of the boot left: {ours(user, base)}", lambda: not ours(user, base), 30)
+        wait_for(f"no process of the boot left: {box_processes(user, base)}", lambda: not box_processes(user, base), 30)
 
 
 def running(user: E2EUser, base: Path) -> dict[int, str]:
     """Wait until QEMU and virtiofsd both run; the boot's processes."""
     def both() -> bool:
-        processes = ours(user, base)
+        processes = box_processes(user, base)
         return bool(named(processes, "virtiofsd") and named(processes, "qemu-system-x86_64"))
 
     wait_for("QEMU and virtiofsd running", both, 60)
-    return ours(user, base)
+    return box_processes(user, base)
 
 
 def test_boot_on_virtiofs_and_log_in(booting: pexpect.spawn[str], user: E2EUser, base: Path) -> None:
@@ -140,7 +117,7 @@ def test_qemu_killed_from_outside_ends_virtiofsd(booting: pexpect.spawn[str], us
     (qemu,) = named(running(user, base), "qemu-system-x86_64")
     os.kill(qemu, signal.SIGKILL)
     booting.expect(pexpect.EOF, timeout=60)
-    wait_for("virtiofsd and the holder gone", lambda: not ours(user, base), 30)
+    wait_for("virtiofsd and the holder gone", lambda: not box_processes(user, base), 30)
 
 
 def test_provision_arch_killed_takes_qemu_and_virtiofsd_along(booting: pexpect.spawn[str], user: E2EUser, base: Path) -> None:
@@ -149,4 +126,4 @@ def test_provision_arch_killed_takes_qemu_and_virtiofsd_along(booting: pexpect.s
     assert "provision-arch" in Path(f"/proc/{cli}/cmdline").read_text()
     os.kill(cli, signal.SIGKILL)
     # No `finally` runs in a killed process: PR_SET_PDEATHSIG ends QEMU, virtiofsd and the holder.
-    wait_for("QEMU, virtiofsd and the holder gone", lambda: not ours(user, base), 30)
+    wait_for("QEMU, virtiofsd and the holder gone", lambda: not box_processes(user, base), 30)
