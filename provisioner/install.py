@@ -382,9 +382,11 @@ def unmount(con: Console, session: Session, timeout: float) -> None:
     con.check(f"sync && umount -R {MNT}", timeout, hint="something still uses the target; see the transcript")
 
 
+# The mount (and the stream's scratch disk's mkfs) needs no keyring: it runs while pacman-init
+# still makes it.
 STEPS: list[Step] = [
-    Step("keyring", "Waiting for the live system's pacman keyring", wait_keyring, 600),
     Step("mount", "Mounting the target over 9p", mount_target, 60),
+    Step("keyring", "Waiting for the live system's pacman keyring", wait_keyring, 600),
     Step(
         "refresh-keyring",
         "Updating archlinux-keyring in the live system",

@@ -131,6 +131,24 @@ def stream_argv(stream: Stream) -> list[str]:
     ]  # fmt: skip
 
 
+# Units the live ISO enables (archiso's releng profile) that an install never uses: each
+# costs the guest's CPU while pacman-init makes the keyring, and under TCG every second of
+# it is the user's. sshdgenkeys makes three host keys (RSA 3072 among them) at every live
+# boot; cloud-init runs its stages; the clock comes from -rtc, not NTP.
+LIVE_UNUSED = (
+    "sshd.service",
+    "sshdgenkeys.service",
+    "cloud-init-main.service",
+    "cloud-init-local.service",
+    "cloud-init-network.service",
+    "cloud-config.service",
+    "cloud-final.service",
+    "ModemManager.service",
+    "iwd.service",
+    "systemd-timesyncd.service",
+)
+
+
 def install_argv(
     hw: Hardware,
     iso: Path,
@@ -161,6 +179,7 @@ def install_argv(
         # Its machine id is "uninitialized": every live boot is a first boot, and systemd
         # 257-258's firstboot may prompt for a keymap on the console.
         "systemd.firstboot=off",
+        *(f"systemd.mask={unit}" for unit in LIVE_UNUSED),
         # The archiso hook polls 10 s for the ISO's device; a loaded TCG host can miss that.
         f"rootdelay={ISO_DEVICE_WAIT}",
         "panic=-1",

@@ -161,7 +161,7 @@ MASKED_UNITS = (
 ENABLED_UNITS = {
     "systemd-timesyncd.service": "sysinit.target",
     "systemd-time-wait-sync.service": "sysinit.target",
-    "ssh.service": "multi-user.target",
+    "sshd.service": "multi-user.target",
     "pacman-init.service": "multi-user.target",
     "choose-mirror.service": "multi-user.target",
     "systemd-networkd.service": "multi-user.target",
@@ -414,6 +414,17 @@ def configure_units(live: pathlib.Path) -> None:
         link.symlink_to(f"/etc/systemd/system/{unit}" if local.exists() else f"/usr/lib/systemd/system/{unit}")
 
 
+def arch_sshd(live: pathlib.Path) -> None:
+    """sshd as the real ISO has it: Arch's unit name (the overlay's sshd.service, in place of
+    Debian's ssh.service and its alias) and no host keys in the image, so that each live
+    boot makes them (the overlay's sshdgenkeys.service)."""
+    system = live / "etc/systemd/system"
+    for debian in (system / "sshd.service", *system.glob("*.wants/ssh.service")):
+        debian.unlink(missing_ok=True)
+    for key in (live / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
 def trim_arch_keyring(live: pathlib.Path) -> None:
     """Keep only the Arch master keys in the live root's keyring.
 
@@ -447,6 +458,7 @@ def build_live_root(rootfs: pathlib.Path, live: pathlib.Path) -> None:
         run(["cp", "-a", "--reflink=auto", rootfs, live])
     with step("trimming kernel modules"):
         install_modules(live, kernel_release(rootfs))
+    arch_sshd(live)  # before the overlay: Debian's alias is a link to its own unit
     # The overlay holds complete files (units, zshrc, motd, pacman.conf,
     # mirrorlist…); copying it over the Debian root replaces Debian's versions.
     shutil.copytree(DATA / "airootfs", live, symlinks=True, dirs_exist_ok=True)
