@@ -173,15 +173,20 @@ class Console:
 
     # -- getting a shell ---------------------------------------------------------------
 
-    def login(self, boot_timeout: float = 900.0) -> None:
-        """Log in as root (empty password on the ISO) and reach the clean shell."""
-        self.expect({"login": re.escape(LOGIN_PROMPT)}, boot_timeout, f"'{LOGIN_PROMPT.strip()}' prompt")
+    def login(self, boot_timeout: float = 900.0, prompt_seen: bool = False) -> None:
+        """Log in as root (empty password on the ISO) and reach the clean shell; ``prompt_seen``:
+        the caller has already waited for the login prompt."""
+        if not prompt_seen:
+            self.await_login_prompt(boot_timeout)
         self.child.send("root\r")
         # Wait for something prompt-like first, so that probes are not queued up while
         # login and zsh start (they would all run later). An odd prompt only costs time.
         with contextlib.suppress(ConsoleTimeout):
             self.expect({"prompt": r"[#$%] "}, 60, "a prompt after logging in as root")
         self.clean_shell()
+
+    def await_login_prompt(self, timeout: float) -> None:
+        self.expect({"login": re.escape(LOGIN_PROMPT)}, timeout, f"'{LOGIN_PROMPT.strip()}' prompt")
 
     def clean_shell(self) -> None:
         """From a logged-in shell of any kind, reach the clean one ``run`` talks to."""

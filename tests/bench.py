@@ -24,12 +24,20 @@ On the offline stand-in (built as root the first time), in this order:
    then coherence on each share: how long until the box reads what the host wrote, and the
    other way round;
 5. root: the stat walks (over the same tree, made on the host) and the creation on the
-   booted box's own root, on 9p (``cache=mmap``) and on virtiofs.
+   booted box's own root, on 9p (``cache=mmap``) and on virtiofs;
+6. fixed: the live ISO booted as an install boots it, to the login prompt, to a shell and
+   to a ready pacman keyring (pacman-init active), with the ISO's units the install never
+   uses masked (``qemu.LIVE_UNUSED``, today's command line) and without (the one before),
+   alternating, FIXED_ROUNDS of each;
+7. export: ``provision-arch export`` to each format (tar, oci, raw, qcow2), as root, of the
+   base-set box and of the bench's largest tree (the 4x set): wall time and the output's size
+   on the host's disk (and apparent, for the sparse disk images) beside the tree's own.
 
-BENCH_SECTIONS (a comma list of ``install`` and ``box``; default both) chooses the long
-sections: ``install`` is section 2 (about half an hour), ``box`` sections 3-5. The console
-round trip on a local bash and the ISO read take seconds and always run; ``box`` without
-``install`` boots one base-set box installed via stream from the same mirror.
+BENCH_SECTIONS (a comma list of ``install``, ``box``, ``fixed`` and ``export``; default all)
+chooses the long sections: ``install`` is section 2 (about half an hour), ``box`` sections
+3-5, ``fixed`` section 6, ``export`` section 7. The console round trip on a local bash and the ISO read take seconds
+and always run; a section whose boxes ``install`` did not leave installs them via stream
+from the same mirror.
 
 Prints a table (the README's "Measured" section is a copy) and writes it as JSON to
 ``bench-results.json`` (``BENCH_OUT`` to change). Every figure carries the machine (nproc,
@@ -64,11 +72,13 @@ from provisioner.config import Accel, RootFs
 from provisioner.console import Console, Transcript
 from provisioner.iso import read_boot_files
 from provisioner.qemu import (
+    LIVE_UNUSED,
     QEMU,
     Hardware,
     Machine,
     Served,
     boot_argv,
+    install_argv,
     resolve_accel,
     share_argv,
     shared_memory_argv,
@@ -101,7 +111,9 @@ SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loos
           "virtiofs cache=always": (RootFs.VIRTIOFS, "always"), "virtiofs cache=auto": (RootFs.VIRTIOFS, "auto"),
           "virtiofs cache=never": (RootFs.VIRTIOFS, "never")}  # fmt: skip
 STALE = 5.0  # seconds a side waits for the other's write before calling it stale
-SECTIONS = ("install", "box")  # what BENCH_SECTIONS may name
+SECTIONS = ("install", "box", "fixed", "export")  # what BENCH_SECTIONS may name
+FIXED_ROUNDS = int(os.environ.get("BENCH_FIXED_ROUNDS", "2"))
+FORMATS = ("tar", "oci", "raw", "qcow2")  # what `provision-arch export --format` takes
 
 
 @dataclass
@@ -297,12 +309,13 @@ def entries(base: Path) -> int:
     return sum(1 for path in base.rglob("*") if ".provision-arch" not in path.parts)
 
 
-def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path:
+def bench_install(results: Results, iso: Path, work: Path, accel: Accel, keep: set[str]) -> dict[str, Path]:
     """Each package set installed both ways, one after the other (so load falls on both alike):
     per step for the base set, wall time against tree size for all; the orchestration overhead
-    is the wall time minus the sum of the steps. Returns one base-set target for the box sections."""
+    is the wall time minus the sum of the steps. Returns the stream install of each size in
+    ``keep`` (size -> target), for the later sections."""
+    kept: dict[str, Path] = {}
     with Mirror(bench_mirror(work)) as mirror:
-        keep: Path | None = None
         for size, files in FILLERS.items():
             for via in VIAS:
                 base, steps, wall = install_set(iso, work, f"{size}-{via}", accel, mirror, size, via)
@@ -317,22 +330,23 @@ def bench_install(results: Results, iso: Path, work: Path, accel: Accel) -> Path
                 results.add("growth", f"{size}: {PACKAGES}{' + ' + str(files) + ' files' if files else ''}", wall,
                             note=f"{count} entries", column=via)  # fmt: skip
                 results.add("growth", f"{size}: entries in the tree", count, unit="entries", column=via)
-                if keep is None and size == "1x":
-                    keep = base
+                if size in keep and via == "stream":
+                    kept[size] = base
                 else:
                     shutil.rmtree(base)
         bench_unprivileged(results, iso, work, accel, mirror)
-    assert keep is not None
-    return keep
+    return kept
 
 
-def one_box(iso: Path, work: Path, accel: Accel) -> Path:
-    """The base set installed via stream as root, as bench_install's first install: the box
-    sections' target when the install section does not run."""
+def boxes_of(iso: Path, work: Path, accel: Accel, sizes: set[str]) -> dict[str, Path]:
+    """The sets of ``sizes`` installed via stream as root, as bench_install does: the later
+    sections' boxes when the install section did not leave them."""
+    boxes = {}
     with Mirror(bench_mirror(work)) as mirror:
-        base, _, wall = install_set(iso, work, "1x-stream", accel, mirror, "1x", "stream")
-    print(f"  (the box: {PACKAGES} installed via stream in {wall:.1f} s)", flush=True)
-    return base
+        for size in sorted(sizes):
+            boxes[size], _, wall = install_set(iso, work, f"{size}-stream", accel, mirror, size, "stream")
+            print(f"  (the {size} box installed via stream in {wall:.1f} s)", flush=True)
+    return boxes
 
 
 def bench_unprivileged(results: Results, iso: Path, work: Path, accel: Accel, mirror: Mirror) -> None:
@@ -572,6 +586,85 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
 # -- the run ----------------------------------------------------------------------------------
 
 
+# -- 6. fixed costs ------------------------------------------------------------------------------
+
+
+def live_boot(iso: Path, work: Path, hw: Hardware, masked: bool, name: str) -> dict[str, float]:
+    """Boot the live ISO with the install's command line (``masked``) or with it less the
+    masks of the units the install never uses; seconds from QEMU's start to each milestone."""
+    boot = read_boot_files(iso, work / "iso-cache")
+    stage, target = work / f"{name}-stage", work / f"{name}-target"
+    stage.mkdir()
+    target.mkdir()
+    argv = install_argv(hw, iso, boot, target, stage)
+    if not masked:
+        at = argv.index("-append") + 1
+        argv[at] = " ".join(a for a in argv[at].split() if a.removeprefix("systemd.mask=") not in LIVE_UNUSED)
+    with transcript_of(work / f"{name}.log") as transcript, Machine(argv, logfile=transcript) as machine:
+        started = time.perf_counter()
+        con = Console(machine.launch())
+        con.await_login_prompt(900)
+        figures = {"QEMU start to the login prompt": time.perf_counter() - started}
+        con.login(prompt_seen=True)
+        figures["QEMU start to a shell"] = time.perf_counter() - started
+        con.check("until systemctl is-active -q pacman-init.service; do sleep 0.2; done", 1800)
+        figures["QEMU start to a ready keyring (pacman-init)"] = time.perf_counter() - started
+        figures["guest uptime then (kernel clock)"] = float(con.check("cat /proc/uptime").split()[0])
+        con.child.send("poweroff\r")
+        machine.shutdown()
+    return figures
+
+
+def bench_fixed(results: Results, iso: Path, work: Path, accel: Accel) -> None:
+    """What every install pays before pacstrap starts, with and without the masks, each
+    round one of each so that load falls on both alike; the mean of the rounds."""
+    hw = Hardware(memory=2048, cpus=2, accel=accel)
+    runs: dict[str, list[dict[str, float]]] = {"before (all ISO units)": [], "masked (today)": []}
+    for round_ in range(FIXED_ROUNDS):
+        for column, masked in (("before (all ISO units)", False), ("masked (today)", True)):
+            runs[column].append(live_boot(iso, work, hw, masked, f"live-{round_}-{int(masked)}"))
+    for column, figures in runs.items():
+        for what in figures[0]:
+            values = [f[what] for f in figures]
+            results.add("fixed", what, statistics.mean(values), column=column,
+                        note=f"{len(values)} boots: " + ", ".join(f"{v:.1f}" for v in values))  # fmt: skip
+
+
+# -- 7. export ---------------------------------------------------------------------------------
+
+
+def disk_use(path: Path) -> tuple[int, int]:
+    """Bytes on the host's disk and apparent bytes of a file or a tree (links not followed)."""
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    stats = [p.lstat() for p in paths]
+    return sum(s.st_blocks * 512 for s in stats), sum(s.st_size for s in stats)
+
+
+def bench_export(results: Results, boxes: dict[str, Path], work: Path) -> None:
+    """Every format of each box, one after the other, as root (the install's own ids; an
+    unprivileged user's export runs the same programs in a user namespace): wall time and
+    size, beside the tree's size on the host's disk."""
+    for size, base in boxes.items():
+        on_disk, apparent = disk_use(base)
+        results.add("export", f"{size}: MiB on the host's disk", on_disk / 2**20, unit="MiB", column="the tree",
+                    note=f"{entries(base)} entries")  # fmt: skip
+        results.add("export", f"{size}: MiB apparent", apparent / 2**20, unit="MiB", column="the tree")
+        for fmt in FORMATS:
+            out = work / f"export-{size}.{fmt}"
+            argv = [sys.executable, "-m", "provisioner", "export", str(base), "--format", fmt, "--output", str(out)]
+            started = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                failed = f"bench: export --format {fmt} of the {size} box failed (exit {done.returncode})"
+                sys.exit(f"{failed}:\n{done.stderr[-3000:]}")
+            on_disk, apparent = disk_use(out)
+            results.add("export", f"{size}: wall time", wall, column=fmt)
+            results.add("export", f"{size}: MiB on the host's disk", on_disk / 2**20, unit="MiB", column=fmt)
+            results.add("export", f"{size}: MiB apparent", apparent / 2**20, unit="MiB", column=fmt)
+            subprocess.run(["rm", "-rf", str(out), f"{out}.manifest.json"], check=True)
+
+
 def table(results: Results) -> str:
     """Markdown: the machine line, then each section; the file-system sections as a matrix."""
     m = results.machine
@@ -610,9 +703,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="provision-arch-bench-", dir="/var/tmp"))
     try:
         bench_iso(results, iso, work)
-        base = bench_install(results, iso, work, accel) if "install" in sections else None
+        wanted = {"1x"} if "box" in sections else set()
+        wanted |= {"1x", "4x"} if "export" in sections else set()
+        boxes = bench_install(results, iso, work, accel, wanted) if "install" in sections else {}
+        if wanted - set(boxes):
+            boxes |= boxes_of(iso, work, accel, wanted - set(boxes))
+        if "fixed" in sections:
+            bench_fixed(results, iso, work, accel)
+        if "export" in sections:  # before the box sections write into the base set's tree
+            bench_export(results, {size: boxes[size] for size in ("1x", "4x")}, work)
         if "box" in sections:
-            bench_box(results, base or one_box(iso, work, accel), work, accel)
+            bench_box(results, boxes["1x"], work, accel)
     except BaseException:
         for log in sorted(work.glob("*/boot-*.log")):  # they go with the work directory
             tail = log.read_text(errors="replace").splitlines()[-40:]
