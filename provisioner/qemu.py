@@ -131,11 +131,13 @@ def stream_argv(stream: Stream) -> list[str]:
     ]  # fmt: skip
 
 
-# Units the live ISO enables (archiso's releng profile) that an install never uses: each
-# costs the guest's CPU while pacman-init makes the keyring, and under TCG every second of
-# it is the user's. sshdgenkeys makes three host keys (RSA 3072 among them) at every live
-# boot; cloud-init runs its stages; the clock comes from -rtc, not NTP.
-LIVE_UNUSED = (
+# Units the live ISO enables (archiso's releng profile) that an install does without: each
+# costs the guest's CPU while the keyring is made, and under TCG every second of it is the
+# user's. sshdgenkeys makes three host keys (RSA 3072 among them) at every live boot;
+# cloud-init runs its stages; the clock comes from -rtc, not NTP; pacman-init's keyring the
+# install makes itself, faster (install.MAKE_KEYRING).
+LIVE_MASKED = (
+    "pacman-init.service",
     "sshd.service",
     "sshdgenkeys.service",
     "cloud-init-main.service",
@@ -172,14 +174,14 @@ def install_argv(
         "console=ttyS0,115200",
         "systemd.show_status=false",
         "systemd.tty.term.console=dumb",
-        # The real ISO orders pacman-init after time-sync.target and enables
-        # systemd-time-wait-sync, which has no timeout: without NTP (an air-gapped runner)
-        # the keyring is never ready. The clock already comes from -rtc base=utc.
+        # The real ISO enables systemd-time-wait-sync, which has no timeout: without NTP (an
+        # air-gapped runner) time-sync.target, and what is ordered after it, never comes. The
+        # clock already comes from -rtc base=utc.
         "systemd.mask=systemd-time-wait-sync.service",
         # Its machine id is "uninitialized": every live boot is a first boot, and systemd
         # 257-258's firstboot may prompt for a keymap on the console.
         "systemd.firstboot=off",
-        *(f"systemd.mask={unit}" for unit in LIVE_UNUSED),
+        *(f"systemd.mask={unit}" for unit in LIVE_MASKED),
         # The archiso hook polls 10 s for the ISO's device; a loaded TCG host can miss that.
         f"rootdelay={ISO_DEVICE_WAIT}",
         "panic=-1",

@@ -187,13 +187,20 @@ def test_13_the_guest_never_reaches_the_login_prompt(
 
 
 def test_15_the_keyring_is_never_ready(install: Any, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_FAIL", "pacman-init-waits")
+    monkeypatch.setenv("FAKE_HANG", "pacman-key")
     steps = [dataclasses.replace(step, timeout=2) if step.name == "keyring" else step for step in install_module.STEPS]
     monkeypatch.setattr(install_module, "STEPS", steps)
     run = install()
     error = one_line_error(run, ExitCode.TIMEOUT)
-    assert "pacman keyring" in error["message"] and "time sync" in error["hint"]
-    assert "systemd-time-wait-sync" in error["details"], "the error names what pacman-init waits for"
+    assert "pacman keyring" in error["message"] and "--timeout-scale" in error["hint"]
+
+
+def test_15_the_keyring_is_made_with_the_trustdb_checks_off_and_left_on(install: Any, fake: Fake) -> None:
+    """The install makes the live keyring itself (pacman-init is masked): populate runs with
+    gpg's per-signature trustdb check off, and the line is gone from gpg.conf afterwards."""
+    assert install().exit_code == 0
+    assert (fake.dir / "keyring.log").read_text() == "populate: 1 skip line(s)\n"
+    assert "no-auto-check-trustdb" not in (fake.dir / "gnupg/gpg.conf").read_text()
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_a_second_run_with_force_does_not_duplicate_the_locale(install: Any, fak
 # Each guest step, and the injected fault that makes it fail.
 FAULTS = {
     "mount": "mount",
-    "keyring": "pacman-init",
+    "keyring": "pacman-key",
     "refresh-keyring": "pacman",
     "pacstrap": "pacstrap",
     "configure": "locale-gen",
