@@ -447,12 +447,14 @@ CONTAINERS_CONF = '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\neven
 
 
 def as_box_user(box: Box, argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """A command as the e2e user, with a runtime directory for podman."""
+    """A command as the e2e user, with a runtime directory for podman, in the user's work
+    directory (podman fails where the user cannot enter its working directory: a checkout
+    closed to others)."""
     run_dir = box.workdir / "run"
     run_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(run_dir, box.user.uid, box.user.gid)
     full = as_user(box.user, box.workdir, ["env", f"XDG_RUNTIME_DIR={run_dir}", *argv])
-    return subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(full, cwd=box.workdir, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def exported(box: Box, fmt: str) -> Path:
