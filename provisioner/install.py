@@ -86,13 +86,15 @@ TRUSTDB_LINE = "no-auto-check-trustdb"
 # each of the master keys' local signatures, most of populate's time, which ends with an
 # explicit check of its own; the line goes again before anything else uses the keyring.
 # Nor does the keyring wait for time sync, as pacman-init does (never, without NTP). The
-# keyring is where pacman.conf's GPGDir says, as for pacman-key.
+# keyring is where pacman.conf's GPGDir says, as for pacman-key; the keys are Arch's keyring's,
+# named as archlinux-keyring's own scriptlet names them (a bare --populate takes every
+# keyring in the import directory, which on other systems holds other distributions' keys).
 MAKE_KEYRING = " && ".join([
     "gpgdir=$(pacman-conf GPGDir)",
     "{ systemctl start etc-pacman.d-gnupg.mount || true; }",  # the ISO's tmpfs there, as pacman-init's Requires= had it
     "pacman-key --init",
     f'echo {TRUSTDB_LINE} >> "$gpgdir/gpg.conf"',
-    "pacman-key --populate",
+    "pacman-key --populate archlinux",
     f"sed -i '/^{TRUSTDB_LINE}$/d' \"$gpgdir/gpg.conf\"",
 ])  # fmt: skip
 

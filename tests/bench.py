@@ -623,7 +623,9 @@ def live_boot(iso: Path, work: Path, hw: Hardware, way: str, name: str) -> dict[
             con.check(MAKE_KEYRING, 1800)
         figures["QEMU start to a ready keyring"] = time.perf_counter() - started
         figures["keys the keyring lists"] = float(con.check("pacman-key --list-keys | grep -c '^pub'").split()[-1])
-        con.child.send("poweroff\r")
+        stopping = time.perf_counter()
+        con.poweroff(300)
+        figures["poweroff to QEMU's end"] = time.perf_counter() - stopping
         machine.shutdown()
     return figures
 
