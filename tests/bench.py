@@ -144,6 +144,8 @@ def shown(figure: Figure) -> str:
         return f"{figure.value:.2f} ms"
     if figure.unit == "s":
         return f"{figure.value:.1f} s" if figure.value >= 10 else f"{figure.value:.2f} s"
+    if figure.unit == "MiB":
+        return f"{figure.value:.1f} MiB"
     return f"{figure.value:g} {figure.unit}"
 
 
