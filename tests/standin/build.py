@@ -155,6 +155,11 @@ MASKED_UNITS = (
     "systemd-update-utmp.service",
     "systemd-update-utmp-runlevel.service",
     "getty@tty1.service",
+    # Debian's sshd (its socket, service and first-boot key generation, which a live boot's
+    # preset-all would enable): the ISO's is Arch's sshd.service with sshdgenkeys.
+    "ssh.service",
+    "ssh.socket",
+    "sshd-keygen.service",
 )
 # As archiso's releng profile enables them (the real ISO's gates included: time-wait-sync
 # has no timeout and pacman-init is ordered after time-sync.target).
@@ -421,6 +426,8 @@ def arch_sshd(live: pathlib.Path) -> None:
     system = live / "etc/systemd/system"
     for debian in (system / "sshd.service", *system.glob("*.wants/ssh.service")):
         debian.unlink(missing_ok=True)
+    for wants in system.glob("*.wants/sshd-keygen.service"):  # Debian's keygen, wanted by its sshd
+        wants.unlink()
     for key in (live / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
 

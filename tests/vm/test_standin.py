@@ -398,9 +398,12 @@ def test_machine_id_uninitialized_makes_a_first_boot(live: LiveSession) -> None:
 
 
 def test_sshd_enabled_as_on_the_iso(live: LiveSession) -> None:
-    # Arch's unit name, and host keys made at this boot by sshdgenkeys (the image has none).
+    # Arch's unit name, and host keys made at this boot by sshdgenkeys (the image has none):
+    # sshd waits for them, minutes under TCG (the RSA key).
     assert live.run("systemctl is-enabled sshd.service").strip().splitlines()[-1] == "enabled"
-    assert live.run("systemctl is-active sshd.service").strip().splitlines()[-1] == "active"
+    assert "sshdgenkeys.service" in live.run("systemctl show -P After sshd.service")
+    waited = live.run("timeout 900 sh -c 'until systemctl is-active -q sshd.service; do sleep 2; done'; echo waited-$?", 960)
+    assert waited.strip().splitlines()[-1] == "waited-0", waited
     assert live.run("systemctl is-active sshdgenkeys.service").strip().splitlines()[-1] == "active"
     keys = live.run("ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'").strip().splitlines()[-1]
     assert keys == "3", keys
