@@ -71,6 +71,7 @@ import pexpect
 
 from provisioner.config import Accel, RootFs
 from provisioner.console import Console, Transcript
+from provisioner.export import Format
 from provisioner.install import MAKE_KEYRING
 from provisioner.iso import read_boot_files
 from provisioner.qemu import (
@@ -115,7 +116,7 @@ SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loos
 STALE = 5.0  # seconds a side waits for the other's write before calling it stale
 SECTIONS = ("install", "box", "fixed", "export")  # what BENCH_SECTIONS may name
 FIXED_ROUNDS = int(os.environ.get("BENCH_FIXED_ROUNDS", "2"))
-FORMATS = ("tar", "oci", "raw", "qcow2")  # what `provision-arch export --format` takes
+FORMATS = tuple(Format)  # what `provision-arch export --format` takes
 
 
 @dataclass
@@ -587,9 +588,6 @@ def bench_box(results: Results, base: Path, work: Path, accel: Accel) -> None:
     bench_host(results, tar, work)
 
 
-# -- the run ----------------------------------------------------------------------------------
-
-
 # -- 6. fixed costs ------------------------------------------------------------------------------
 
 
@@ -681,6 +679,9 @@ def bench_export(results: Results, boxes: dict[str, Path], work: Path) -> None:
             results.add("export", f"{size}: MiB on the host's disk", on_disk / 2**20, unit="MiB", column=fmt)
             results.add("export", f"{size}: MiB apparent", apparent / 2**20, unit="MiB", column=fmt)
             subprocess.run(["rm", "-rf", str(out), f"{out}.manifest.json"], check=True)
+
+
+# -- the run ----------------------------------------------------------------------------------
 
 
 def table(results: Results) -> str:

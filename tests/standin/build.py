@@ -420,14 +420,10 @@ def configure_units(live: pathlib.Path) -> None:
 
 
 def arch_sshd(live: pathlib.Path) -> None:
-    """sshd as the real ISO has it: Arch's unit name (the overlay's sshd.service, in place of
-    Debian's ssh.service and its alias) and no host keys in the image, so that each live
-    boot makes them (the overlay's sshdgenkeys.service)."""
-    system = live / "etc/systemd/system"
-    for debian in (system / "sshd.service", *system.glob("*.wants/ssh.service")):
-        debian.unlink(missing_ok=True)
-    for wants in system.glob("*.wants/sshd-keygen.service"):  # Debian's keygen, wanted by its sshd
-        wants.unlink()
+    """sshd as the real ISO has it: no host keys in the image, so that each live boot makes
+    them (the overlay's sshdgenkeys.service), and room for the overlay's sshd.service, where
+    Debian has an alias of its ssh.service (configure_units masks Debian's units)."""
+    (live / "etc/systemd/system/sshd.service").unlink(missing_ok=True)
     for key in (live / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
 
