@@ -128,8 +128,9 @@ def mount_target(con: Console, session: Session, timeout: float) -> None:
         )
     else:
         # The tree is built on the scratch disk; the target is not shared with the guest at all.
+        # discard: what the send removes is given back to the host's disk (QEMU's discard=unmap).
         con.check(
-            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount {SCRATCH} {MNT}",
+            f"mkfs.ext4 -q -F {SCRATCH} && mkdir -p {MNT} && mount -o discard {SCRATCH} {MNT}",
             timeout,
             hint="the scratch disk did not mount; --install-via 9p does without the disk",
         )
@@ -367,15 +368,22 @@ def command_step(index: int, command: str) -> Step:
 
 def send_tree(con: Console, session: Session, timeout: float) -> str:
     """Stream install: the tree goes to the host as one tar into a file of the workspace,
-    checked by its sha256 and bounded in size; it is unpacked once QEMU has ended."""
+    checked by its sha256 and bounded in size; it is unpacked once QEMU has ended.
+
+    Each file leaves the scratch disk once it is in the tar (``--remove-files``; the disk is
+    mounted with ``discard``), so the host holds the scratch image and the archive at once
+    only for the part in flight, not the tree twice."""
     assert session.stream is not None  # the step is enabled only then
     out = session.stream.pipe.with_name(session.stream.pipe.name + ".out")
     with Receiver(out, session.workspace.archive, limit=STREAM_LIMIT) as receiver:
-        # Busybox runs its own applets before PATH, so GNU tar by its path. The scratch file
-        # system's lost+found is no part of the tree.
-        keep = " ".join(q(flag) for flag in (*TAR_KEEP, "--sparse", "--one-file-system", "--exclude=./lost+found"))
+        # Busybox runs its own applets before PATH, so GNU find and tar by their paths. The
+        # tree's top-level entries are named (tar cannot remove "." itself; the host makes the
+        # box's / anyway), the scratch file system's lost+found is no part of it.
+        flags = (*TAR_KEEP, "--sparse", "--one-file-system", "--remove-files", "--null", "--no-unquote", "-T", "-")
+        keep = " ".join(q(flag) for flag in flags)
+        pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         result = con.check(
-            f"(set -o pipefail; cd {MNT} && /usr/bin/tar -c {keep} -f - . | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            f"(set -o pipefail; cd {MNT} && {pack} | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
@@ -513,6 +521,7 @@ def in_live_system(
             with events.step("poweroff", "Powering off"):
                 con.poweroff()
         if session.stream is not None:
+            session.workspace.scratch.unlink(missing_ok=True)  # QEMU is gone: the tree is in the archive alone
             with events.step("unpack", "Unpacking the tree into the target"):
                 events.note(unpack_tree(session, state))
     except (BootFailed, ConsoleTimeout, CommandFailed) as exc:
@@ -529,14 +538,17 @@ def unpack_tree(session: Session, state: State) -> str:
 
     The archive goes into a new empty directory of the target, which is then moved over
     whatever an older tree left there (with --force): the extractor never meets a link it did
-    not make. The state file marks the unpack, so an interrupted one is recognised next time."""
+    not make. The state file marks the unpack, so an interrupted one is recognised next time.
+    The archive is consumed as it is unpacked (its blocks freed behind tar): the host's disk
+    holds the tree and a bounded part of the archive, never both whole."""
     state.unpacking = True
     save(session.target, state)
     root = is_root()
     as_guest_root("remove", session.target, UNPACK_DIR, as_root=root)
     with Tree(session.target) as tree:
         tree.mkdir(UNPACK_DIR, 0o700)
-    summary = unpack.unpack(session.workspace.archive, session.target / UNPACK_DIR, as_root=root, limit=STREAM_LIMIT)
+    archive, into = session.workspace.archive, session.target / UNPACK_DIR
+    summary = unpack.unpack(archive, into, as_root=root, limit=STREAM_LIMIT, consume=True)
     as_guest_root("merge", session.target, UNPACK_DIR, as_root=root)
     state.unpacking = False
     save(session.target, state)

@@ -29,6 +29,12 @@ following a link, and must be a regular file; tarfile never reads past its end (
 When not root it runs under ``unshare --map-auto --map-root-user``, so the guest's owners
 land in the user's subordinate ids as they would on the 9p path.
 
+With ``consume`` (the stream install's), the extraction gives the archive's blocks back to the
+host's disk as tar reads them (``fallocate`` punching holes behind it, every PUNCH_EVERY
+bytes): the tree grows while the archive shrinks, so the unpack needs room for the tree and
+PUNCH_EVERY more, not for two copies of it. The archive is of no use after an unpack anyway:
+an interrupted one means installing again (``state.plan``).
+
 Setuid and setgid files are kept: an Arch tree needs them (``sudo``, ``su``, ``passwd``,
 ``unix_chkpwd``). They are counted in the ``Summary``. Unprivileged, the box's root is the
 invoking user on the host, so a setuid-root file of the box is setuid to that user for anyone
@@ -40,16 +46,20 @@ are extracted only as root).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import os
 import re
 import stat
 import subprocess
 import tarfile
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from provisioner.errors import ExitCode, ProvisionError
 from provisioner.run import die_with_parent, require, wrap
@@ -81,6 +91,10 @@ LETTERS: dict[bytes, str] = {
 # mode, uid/gid, size (or major,minor), date, time, then the name as the rest of the line.
 LISTED = re.compile(r"(\S)\S* +\S+ +\S+ \S+ \S+ (.*)")
 SHOWN_MAX = 160
+PUNCH_EVERY = 64 << 20  # a consumed archive's blocks go back to the disk in steps of this many bytes
+CHUNK = 1 << 20  # what the extraction's feed reads and writes at a time
+# fallocate(2)'s mode: free the range, keep the file's size (linux/falloc.h).
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 
 class UnpackError(ProvisionError):
@@ -290,24 +304,24 @@ def agree(members: Sequence[tarfile.TarInfo], listing: str) -> None:
             raise refuse(member.name, f"reads differently to GNU tar ({shown(line)})")
 
 
-def unpack(archive: Path, target: Path, *, as_root: bool, limit: int) -> Summary:
+def unpack(archive: Path, target: Path, *, as_root: bool, limit: int, consume: bool = False) -> Summary:
     """Check ``archive`` (``scan``, then GNU tar's own listing) and extract it into ``target``, an empty directory.
 
     ``archive`` is opened once, without following a link, and must be a regular file; see
-    ``unpack_from`` for the rest.
+    ``unpack_from`` for the rest. ``consume``: free its blocks as tar reads them (see the module's docstring).
     """
     try:
-        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(archive, (os.O_RDWR if consume else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise UnpackError(f"cannot open the stream {archive}: {exc.strerror or exc}", "it must be a regular file") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnpackError(f"the stream {archive} is not a regular file", "it must be a regular file only the host writes")
     with os.fdopen(fd, "rb") as handle:
-        return unpack_from(handle, target, as_root=as_root, limit=limit)
+        return unpack_from(handle, target, as_root=as_root, limit=limit, consume=consume)
 
 
-def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int) -> Summary:
+def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int, consume: bool = False) -> Summary:
     """``unpack`` from an open handle of the archive (a regular file), e.g. the one its hash was read from.
 
     ``as_root`` extracts as the calling root; otherwise inside ``unshare --map-auto
@@ -321,7 +335,7 @@ def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int) ->
     agree(members, listing)
     directory = open_target(target)
     try:
-        tar(["-x", "-p", *TAR_KEEP, *EXTRACT, "-f", "-"], handle, directory, userns=not as_root)
+        tar(["-x", "-p", *TAR_KEEP, *EXTRACT, "-f", "-"], handle, directory, userns=not as_root, consume=consume)
     finally:
         os.close(directory)
     return summary
@@ -350,11 +364,12 @@ def open_target(target: Path) -> int:
     return fd
 
 
-def tar(args: Sequence[str], handle: BinaryIO, cwd: int | None, *, userns: bool) -> str:
+def tar(args: Sequence[str], handle: BinaryIO, cwd: int | None, *, userns: bool, consume: bool = False) -> str:
     """Run GNU tar with ``args``, reading the archive on stdin from ``handle`` (rewound to its
     start), in the directory ``cwd`` (a descriptor) when given, inside a user namespace if
     ``userns``; its stdout. A bad status or anything on stderr is an UnpackError with tar's
-    first lines.
+    first lines. ``consume``: tar reads a pipe that ``feed`` fills from ``handle``, freeing
+    what it passed on.
 
     The one place that starts a host process here. It goes through ``provisioner.run``'s
     ``wrap`` (the user-namespace prefix), ``require`` (a missing tar or unshare is its
@@ -372,28 +387,70 @@ def tar(args: Sequence[str], handle: BinaryIO, cwd: int | None, *, userns: bool)
             os.fchdir(cwd)
 
     env = {**os.environ, "LC_ALL": "C"}
-    try:
-        result = subprocess.run(
+    deadline = time.monotonic() + TAR_TIMEOUT
+    # Its output goes to files, so that neither pipe can fill while the feed writes.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
             argv,
-            stdin=handle,
-            capture_output=True,
-            timeout=TAR_TIMEOUT,
-            check=False,
+            stdin=subprocess.PIPE if consume else handle,
+            stdout=out,
+            stderr=err,
             env=env,
-            preexec_fn=child,  # die_with_parent and fchdir only: no Python state
+            preexec_fn=child,  # noqa: PLW1509 (die_with_parent and fchdir only: no Python state)
             pass_fds=() if cwd is None else (cwd,),
         )
-    except subprocess.TimeoutExpired as exc:
-        raise UnpackError(f"tar took over {TAR_TIMEOUT:.0f} s and was stopped", "see the host's load and disk") from exc
-    stderr = result.stderr.decode("utf-8", "replace").strip()
-    if result.returncode != 0 or stderr:
+        try:
+            if proc.stdin is not None:
+                feed(handle, proc.stdin, deadline)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, TimeoutError) as exc:
+            raise UnpackError(f"tar took over {TAR_TIMEOUT:.0f} s and was stopped", "see the host's load and disk") from exc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read().decode("utf-8", "replace").strip()
+    if proc.returncode != 0 or stderr:
         first = " / ".join(stderr.splitlines()[:3]) or "no message"
         state = "" if "-x" not in args else "; the target may hold part of the tree"
         raise UnpackError(
-            f"tar {'listed' if '-t' in args else 'unpacked'} the stream with status {result.returncode}{state}: {clean(first)}",
+            f"tar {'listed' if '-t' in args else 'unpacked'} the stream with status {proc.returncode}{state}: {clean(first)}",
             "tar's warnings fail the unpack too; see the message",
         )
-    return result.stdout.decode("ascii", "replace")
+    return stdout.decode("ascii", "replace")
+
+
+def feed(handle: BinaryIO, pipe: IO[bytes], deadline: float) -> None:
+    """Copy ``handle`` into ``pipe`` (tar's stdin), then close it; every PUNCH_EVERY bytes, the
+    part tar has been given is freed on the disk. Stops early if tar stopped reading (its
+    status then says why); TimeoutError past ``deadline``."""
+    fd, done, freed = handle.fileno(), 0, 0
+    try:
+        while block := os.read(fd, CHUNK):
+            pipe.write(block)
+            done += len(block)
+            if done - freed >= PUNCH_EVERY:
+                punch_hole(fd, freed, done - freed)
+                freed = done
+            if time.monotonic() > deadline:
+                raise TimeoutError
+        pipe.close()
+    except BrokenPipeError:
+        return
+    punch_hole(fd, freed, done - freed)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``length`` bytes of the file ``fd`` from ``offset``, its size kept. A file system
+    that cannot (EOPNOTSUPP) keeps them until the archive is removed: nothing is lost but room."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    if length and libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code != errno.EOPNOTSUPP:
+            raise UnpackError(f"cannot free the unpacked stream's blocks: {os.strerror(code)}", "see the host's disk")
 
 
 def clean(text: str, limit: int = 400) -> str:

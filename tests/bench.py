@@ -32,13 +32,22 @@ On the offline stand-in (built as root the first time), in this order:
    ``install.MAKE_KEYRING``);
 7. export: ``provision-arch export`` to each format (tar, oci, raw, qcow2), as root, of the
    base-set box and of the bench's largest tree (the 4x set): wall time and the output's size
-   on the host's disk (and apparent, for the sparse disk images) beside the tree's own.
+   on the host's disk (and apparent, for the sparse disk images) beside the tree's own;
+8. real: the base set with filler packages shaped like a real default set's (a kernel's
+   thousands of compressed modules, tens of thousands of small documents and their symlinks,
+   libraries with their ``.so`` links, a toolchain's large binaries and hard links), at each
+   of BENCH_REAL_SCALES (1 is about 64,000 entries and 1 GiB, 16x the 4x set), installed
+   both ways as root, one after the other: wall time per step, the peak disk use over the
+   whole install (the host file system's used bytes, sampled) against the tree's own size,
+   the stream's send rate, and the unpack against the host's own ``tar -x`` of the same tar
+   (the tree packed again on the host with the install's flags) into the same file system,
+   with provision-arch's unpack (checks and all) timed on that tar too.
 
-BENCH_SECTIONS (a comma list of ``install``, ``box``, ``fixed`` and ``export``; default all)
-chooses the long sections: ``install`` is section 2 (about half an hour), ``box`` sections
-3-5, ``fixed`` section 6, ``export`` section 7. The console round trip on a local bash and the ISO read take seconds
-and always run; a section whose boxes ``install`` did not leave installs them via stream
-from the same mirror.
+BENCH_SECTIONS (a comma list of ``install``, ``box``, ``fixed``, ``export`` and ``real``;
+default all) chooses the long sections: ``install`` is section 2 (about half an hour), ``box``
+sections 3-5, ``fixed`` section 6, ``export`` section 7, ``real`` section 8. The console
+round trip on a local bash and the ISO read take seconds and always run; a section whose
+boxes ``install`` did not leave installs them via stream from the same mirror.
 
 Prints a table (the README's "Measured" section is a copy) and writes it as JSON to
 ``bench-results.json`` (``BENCH_OUT`` to change). Every figure carries the machine (nproc,
@@ -50,6 +59,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -60,6 +70,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -72,7 +83,7 @@ import pexpect
 from provisioner.config import Accel, RootFs
 from provisioner.console import Console, Transcript
 from provisioner.export import Format
-from provisioner.install import MAKE_KEYRING
+from provisioner.install import MAKE_KEYRING, STREAM_LIMIT
 from provisioner.iso import read_boot_files
 from provisioner.qemu import (
     LIVE_MASKED,
@@ -87,9 +98,11 @@ from provisioner.qemu import (
     shared_memory_argv,
     virtiofs_argv,
 )
+from provisioner.stream import TAR_KEEP
+from provisioner.unpack import unpack
 from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namespace
 from tests.standin import repo
-from tests.standin.archive import ensure_archive
+from tests.standin.archive import ensure_archive, pkgname
 from tests.standin.mirror import Mirror
 from tests.vm.unprivileged import E2EUser, as_user, ensure_user, install_cli
 
@@ -114,7 +127,7 @@ SHARES = {"9p cache=mmap": (RootFs.NINEP, f"{NINEP},cache=mmap"), "9p cache=loos
           "virtiofs cache=always": (RootFs.VIRTIOFS, "always"), "virtiofs cache=auto": (RootFs.VIRTIOFS, "auto"),
           "virtiofs cache=never": (RootFs.VIRTIOFS, "never")}  # fmt: skip
 STALE = 5.0  # seconds a side waits for the other's write before calling it stale
-SECTIONS = ("install", "box", "fixed", "export")  # what BENCH_SECTIONS may name
+SECTIONS = ("install", "box", "fixed", "export", "real")  # what BENCH_SECTIONS may name
 FIXED_ROUNDS = int(os.environ.get("BENCH_FIXED_ROUNDS", "2"))
 FORMATS = tuple(Format)  # what `provision-arch export --format` takes
 
@@ -145,8 +158,12 @@ def shown(figure: Figure) -> str:
         return f"{figure.value:.2f} ms"
     if figure.unit == "s":
         return f"{figure.value:.1f} s" if figure.value >= 10 else f"{figure.value:.2f} s"
-    if figure.unit == "MiB":
-        return f"{figure.value:.1f} MiB"
+    if figure.unit in ("MiB", "MB/s"):
+        return f"{figure.value:.1f} {figure.unit}"
+    if figure.unit == "x":
+        return f"{figure.value:.2f}x"
+    if figure.unit == "entries/s":
+        return f"{figure.value:.0f} {figure.unit}"
     return f"{figure.value:g} {figure.unit}"
 
 
@@ -254,19 +271,24 @@ def filler_package(files: int, out: Path) -> Path:
     return built
 
 
-def bench_mirror(work: Path) -> Path:
-    """The stand-in's newest day as a plain mirror, with the filler packages in extra."""
+def bench_mirror(work: Path, packages: list[Path] | None = None) -> Path:
+    """The stand-in's newest day as a plain mirror, with the filler packages (by default the
+    growth section's) in extra."""
     archive = ensure_archive()
     root = work / "mirror"
     for name in repo.REPOS:
         shutil.copytree(archive / name, root / name)  # copies: repo-add changes extra
-    packages = [filler_package(files, work / "fillers") for files in FILLERS.values() if files]
+    if packages is None:
+        packages = [filler_package(files, work / "fillers") for files in FILLERS.values() if files]
     extra = root / "extra" / "os" / repo.ARCH
     for package in packages:
         shutil.copyfile(package, extra / package.name)
     # repo-add also points extra.db at the new database.
     repo.run(["repo-add", "--quiet", str(extra / "extra.db.tar.gz"), *(str(extra / p.name) for p in packages)])
     return root
+
+
+CACHED: dict[str, int] = {}  # install name -> bytes its package cache held on the host's disk at its end
 
 
 def install(
@@ -293,17 +315,27 @@ def install(
     if done.returncode != 0:
         tail = (work / f"{name}.stderr").read_text(errors="replace").splitlines()[-15:]
         sys.exit(f"bench: the install {name} failed (exit {done.returncode}):\n" + "\n".join(tail))
+    if (home / "cache").exists():
+        CACHED[name] = disk_use(home / "cache")[0]
     shutil.rmtree(home / "cache", ignore_errors=True)
     return base, [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def install_set(
-    iso: Path, work: Path, name: str, accel: Accel, mirror: Mirror, size: str, via: str, user: tuple[E2EUser, Path] | None = None
+    iso: Path,
+    work: Path,
+    name: str,
+    accel: Accel,
+    mirror: Mirror,
+    size: str,
+    via: str,
+    user: tuple[E2EUser, Path] | None = None,
+    packages: str = "",
 ) -> tuple[Path, dict[str, float], float]:
-    """The base set with the filler of ``size``, installed ``via`` from the bench's mirror: the
-    target, each step's seconds (in order) and the wall time."""
-    files = FILLERS[size]
-    packages = PACKAGES + (f" bench-filler-{files}" if files else "")
+    """The base set with the filler of ``size`` (or ``packages``), installed ``via`` from the
+    bench's mirror: the target, each step's seconds (in order) and the wall time."""
+    files = FILLERS.get(size, 0)
+    packages = packages or PACKAGES + (f" bench-filler-{files}" if files else "")
     base, events = install(iso, work, name, accel, "--install-via", via, "--packages", packages,
                            "--mirror", mirror.guest_url, user=user)  # fmt: skip
     steps = {str(e["step"]): float(str(e["seconds"])) for e in events if e["type"] == "step-finished"}
@@ -681,6 +713,181 @@ def bench_export(results: Results, boxes: dict[str, Path], work: Path) -> None:
             subprocess.run(["rm", "-rf", str(out), f"{out}.manifest.json"], check=True)
 
 
+# -- 8. real size ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One filler package of the real-size set: ``files`` regular files of ``low``-``high``
+    bytes (log-uniform) in ``dirs`` directories two levels deep, their content ``kind``
+    (``random``: compressed already, as .ko.zst and .gz are; ``binary``: half random, half
+    repeats, as an executable compresses; ``text``), and ``symlinks`` and ``hardlinks`` to
+    some of them (at scale 1)."""
+
+    name: str
+    files: int
+    dirs: int
+    low: int
+    high: int
+    kind: str
+    symlinks: int = 0
+    hardlinks: int = 0
+
+
+# About what `base base-devel linux vim man-db man-pages` brings on top of the stand-in's base:
+# the kernel's modules, man pages and other documents (their aliases are symlinks), shared
+# libraries with their .so links, a compiler's few large binaries (gcc's are hard links to each other).
+REAL_SHAPES = (
+    Shape("modules", 6000, 150, 2 << 10, 200 << 10, "random"),
+    Shape("docs", 42000, 2500, 100, 16 << 10, "text", symlinks=6000),
+    Shape("libs", 700, 40, 16 << 10, 3 << 20, "binary", symlinks=700),
+    Shape("toolchain", 14, 4, 6 << 20, 48 << 20, "binary", hardlinks=8),
+)
+REAL_SCALES = tuple(float(x) for x in os.environ.get("BENCH_REAL_SCALES", "0.25,1").split(","))
+WORDS = b"the of and to in is that for it as with was on be by this are or from at which an have not a ".split()
+
+
+def filler_bytes(rng: random.Random, kind: str, size: int) -> bytes:
+    if kind == "random":
+        return rng.randbytes(size)
+    if kind == "binary":  # 1 KiB blocks, every other one random and the rest a repeat of the one before
+        blocks = [rng.randbytes(1024) for _ in range(size // 2048 + 1)]
+        return b"".join(b + b for b in blocks)[:size]
+    text = b" ".join(rng.choices(WORDS, k=size // 3 + 1))
+    return text[:size]
+
+
+def shaped_package(shape: Shape, scale: float, out: Path) -> Path:
+    """The package of ``shape`` at ``scale``: its tree written here (always the same bytes for
+    the same scale), then packed by makepkg as the stand-in's own packages are."""
+    tag = f"{round(scale * 100)}"
+    name = f"bench-real-{shape.name}-{tag}"
+    source = out / f"{name}-src"
+    tree = source / "tree" / "usr" / "share" / name
+    rng = random.Random(f"{shape.name}-{tag}")
+    files = max(1, round(shape.files * scale))
+    dirs = max(1, round(shape.dirs * scale))
+    made: list[Path] = []
+    for i in range(files):
+        path = tree / f"g{i % max(1, dirs // 20)}" / f"d{i % dirs}" / f"{shape.name}{i}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = round(math.exp(rng.uniform(math.log(shape.low), math.log(shape.high))))
+        path.write_bytes(filler_bytes(rng, shape.kind, size))
+        made.append(path)
+    # Made by package() from a list: the stand-in's package build copies the source tree, links resolved.
+    links = []
+    for i in range(round(shape.symlinks * scale)):
+        chosen = made[rng.randrange(len(made))]
+        links.append(f"-s {chosen.name} {chosen.relative_to(source / 'tree')}.link{i}")
+    for i in range(round(shape.hardlinks * scale) or (shape.hardlinks and 1)):
+        chosen = made[i % len(made)].relative_to(source / "tree")
+        links.append(f"$pkgdir/{chosen} {chosen}.hard{i}")
+    (source / "links").write_text("".join(f"{line}\n" for line in links))
+    (source / "PKGBUILD").write_text(
+        f"pkgname={name}\npkgver=1\npkgrel=1\narch=(any)\nlicense=(GPL-3.0-or-later)\n"
+        f"pkgdesc='provision-arch bench: {shape.name}, real-size shape'\noptions=(!strip !debug !zipman !purge)\n"
+        'package() {\n  cp -a "$startdir/tree/." "$pkgdir/"\n  cd "$pkgdir"\n'
+        '  while read -r a b; do eval "ln $a $b"; done < "$startdir/links"\n}\n'
+    )
+    (built,) = repo.build_package(source, out)
+    shutil.rmtree(source)
+    return built
+
+
+class DiskPeak:
+    """The peak of the used bytes of the file system holding ``path``, sampled every 0.2 s on a
+    thread from ``with`` to its end; what is measured is how far it rose above the start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.start, self.peak = path, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def used(self) -> int:
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self.used())
+
+    def __enter__(self) -> DiskPeak:
+        self.start = self.peak = self.used()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def rise(self) -> int:
+        return self.peak - self.start
+
+
+def host_extract(tar: Path, into: Path) -> float:
+    """The host's own GNU tar extracting ``tar`` with the install's flags: the floor."""
+    into.mkdir()
+    argv = ["tar", "-x", *TAR_KEEP, "--delay-directory-restore", "-f", str(tar), "-C", str(into)]
+    return timed(lambda: subprocess.run(argv, check=True))
+
+
+def bench_real(results: Results, iso: Path, work: Path, accel: Accel) -> None:
+    """The real-size sets both ways; see section 8 of the module's docstring."""
+    packages = {scale: [shaped_package(shape, scale, work / "real") for shape in REAL_SHAPES] for scale in REAL_SCALES}
+    with Mirror(bench_mirror(work, [p for built in packages.values() for p in built])) as mirror:
+        for scale, built in packages.items():
+            names = " ".join(pkgname(p.name) for p in built)
+            label = f"x{scale:g}"
+            for via in VIAS:
+                with DiskPeak(work) as disk:
+                    base, steps, wall = install_set(iso, work, f"real-{label}-{via}", accel, mirror, label, via,
+                                                    packages=f"{PACKAGES} {names}")  # fmt: skip
+                count = entries(base)
+                on_disk, apparent = disk_use(base)
+                column = f"{label} {via}"
+                for step, seconds in steps.items():
+                    results.add("real", f"step {step}", seconds, column=column)
+                results.add("real", "wall time (result event)", wall, column=column)
+                results.add("real", "entries in the tree", count, unit="entries", column=column)
+                results.add("real", "the tree on the host's disk", on_disk / 2**20, unit="MiB", column=column)
+                cache = CACHED.get(f"real-{label}-{via}", 0)
+                results.add("real", "the package cache (kept for the next install)", cache / 2**20, unit="MiB", column=column)
+                results.add("real", "peak disk use during the install", disk.rise / 2**20, unit="MiB", column=column)
+                above = disk.rise - cache - on_disk
+                results.add("real", "peak above the tree and the cache", above / 2**20, unit="MiB", column=column)
+                results.add("real", "peak above them / the tree", above / on_disk, unit="x", column=column)
+                if via == "stream":
+                    real_unpack(results, base, work, column, steps, wall, apparent, count)
+                subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def real_unpack(
+    results: Results, base: Path, work: Path, column: str, steps: dict[str, float], wall: float, apparent: int, count: int
+) -> None:
+    """The stream's own rates, and the unpack against the host's tar -x of the same tar."""
+    tar = work / "real.tar"
+    subprocess.run(["tar", "-c", *TAR_KEEP, "--sparse", "-f", str(tar), "-C", str(base), "--exclude=./.provision-arch*", "."],
+                   check=True)  # fmt: skip
+    size = tar.stat().st_size
+    results.add("real", "the tree as one tar", size / 2**20, unit="MiB", column=column)
+    results.add("real", "send: MB/s (step stream)", size / 1e6 / steps["stream"], unit="MB/s", column=column)
+    results.add("real", "send: entries/s", count / steps["stream"], unit="entries/s", column=column)
+    results.add("real", "unpack: MB/s (step unpack)", size / 1e6 / steps["unpack"], unit="MB/s", column=column)
+    host = host_extract(tar, work / "real-host")
+    results.add("real", "host's own tar -x: MB/s", size / 1e6 / host, unit="MB/s", column=column)
+    ours = work / "real-ours"
+    ours.mkdir()
+    own = timed(lambda: unpack(tar, ours, as_root=True, limit=STREAM_LIMIT))
+    results.add("real", "provision-arch's unpack of that tar: MB/s", size / 1e6 / own, unit="MB/s", column=column)
+    results.add("real", "unpack / host's tar -x (throughput)", host / steps["unpack"], unit="x", column=column)
+    # What the issue sets the install against: every step as it is, but the tree reaching the
+    # host at the host's own speed (no send, the unpack as fast as tar -x).
+    ideal = wall - steps["stream"] - steps["unpack"] + host
+    results.add("real", "wall time / (wall - send - unpack + host tar -x)", wall / ideal, unit="x", column=column)
+    subprocess.run(["rm", "-rf", str(tar), str(work / "real-host"), str(ours)], check=True)
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -733,6 +940,8 @@ def main() -> None:
             bench_export(results, {size: boxes[size] for size in ("1x", "4x")}, work)
         if "box" in sections:
             bench_box(results, boxes["1x"], work, accel)
+        if "real" in sections:
+            bench_real(results, iso, work, accel)
     except BaseException:
         for log in sorted(work.glob("*/boot-*.log")):  # they go with the work directory
             tail = log.read_text(errors="replace").splitlines()[-40:]

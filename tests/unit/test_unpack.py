@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import provisioner.unpack
 from provisioner.errors import ExitCode, ProvisionError
 from provisioner.run import NotFound
 from provisioner.unpack import Summary, UnpackError, agree, escaped, scan, unpack, unpack_from
@@ -543,3 +545,43 @@ def test_unpack_from_reads_the_handle_it_is_given(box: Sandbox) -> None:
         handle.read(100)  # where the caller's hashing left it
         assert unpack_from(handle, box.target, as_root=AS_ROOT, limit=LIMIT) == Summary(entries=2, bytes=5, setuid=0)
     assert (box.target / "a").read_bytes() == b"data\n"
+
+
+def test_a_consumed_stream_gives_its_blocks_back_as_tar_reads_it(box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream install's unpack: the tree arrives whole, the archive keeps its size and
+    holds no data any more, so the unpack never needed room for two copies of the tree."""
+    monkeypatch.setattr("provisioner.unpack.PUNCH_EVERY", 1 << 20)
+    rng = random.Random(7)
+    files = [reg(f"d/f{i}", rng.randbytes(rng.randint(1, 600_000))) for i in range(20)]
+    box.archive.write_bytes(archive(directory("."), directory("d"), *files))
+    size = box.archive.stat().st_size
+    assert box.archive.stat().st_blocks * 512 >= size - 4096
+    punched: list[tuple[int, int]] = []
+    real_punch = provisioner.unpack.punch_hole
+    monkeypatch.setattr("provisioner.unpack.punch_hole", lambda fd, at, n: (punched.append((at, n)), real_punch(fd, at, n)))
+    assert unpack(box.archive, box.target, as_root=AS_ROOT, limit=LIMIT, consume=True).entries == 22
+    for info, data in files:
+        assert (box.target / info.name).read_bytes() == data
+    # Freed in steps, each after the last, the whole file in the end.
+    assert len(punched) > 2 and punched[0][0] == 0
+    assert all(at == prev + n for (prev, n), (at, _) in itertools.pairwise(punched))
+    assert punched[-1][0] + punched[-1][1] == size
+    assert box.archive.stat().st_size == size
+    assert box.archive.stat().st_blocks * 512 <= 64 << 10  # a file system may keep a block or so
+
+
+def test_only_a_consumed_stream_is_freed(box: Sandbox) -> None:
+    data = archive(directory("."), reg("a", b"x" * 300_000))
+    box.archive.write_bytes(data)
+    unpack(box.archive, box.target, as_root=AS_ROOT, limit=LIMIT)
+    assert box.archive.read_bytes() == data
+
+
+def test_a_refused_stream_is_not_consumed(box: Sandbox) -> None:
+    """A refusal comes before the extraction: the archive is whole for whoever looks into it."""
+    stream = archive(directory("."), reg("../escape"), reg("b", b"y" * 300_000))
+    box.archive.write_bytes(stream)
+    with pytest.raises(UnpackError, match="refused"):
+        unpack(box.archive, box.target, as_root=AS_ROOT, limit=LIMIT, consume=True)
+    assert box.archive.read_bytes() == stream
+    assert box.target_is_pristine()
