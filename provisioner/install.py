@@ -153,6 +153,18 @@ def refresh_keyring(con: Console, session: Session, timeout: float) -> None:
     )
 
 
+# The box's own keyring. pacstrap -K makes it only when the directory is missing, and
+# archlinux-keyring's post_install populates it (pacman-key --populate archlinux): the live
+# keyring's cost once more. So it is made first, as pacstrap would, with gpg's trustdb checks
+# off for the populate (it checks the trustdb once at its end); the line goes, and the gpg-agent
+# the populate started ends, whatever pacstrap did.
+TARGET_GPGDIR = f"{MNT}/etc/pacman.d/gnupg"
+TARGET_KEYRING = f"pacman-key --gpgdir {TARGET_GPGDIR} --init && echo {TRUSTDB_LINE} >> {TARGET_GPGDIR}/gpg.conf"
+TARGET_KEYRING_DONE = (
+    f"sed -i '/^{TRUSTDB_LINE}$/d' {TARGET_GPGDIR}/gpg.conf; gpgconf --homedir {TARGET_GPGDIR} --kill gpg-agent 2>/dev/null"
+)
+
+
 def pacstrap(con: Console, session: Session, timeout: float) -> None:
     packages = " ".join(q(name) for name in session.cfg.packages)
     cache = " -c" if session.cfg.cache_packages else ""  # the live system's cache, i.e. the shared one
@@ -160,7 +172,8 @@ def pacstrap(con: Console, session: Session, timeout: float) -> None:
     # of a package that was half extracted are ours to overwrite.
     again = f"rm -f {MNT}/var/lib/pacman/db.lck && " if session.resuming else ""
     overwrite = " --overwrite '*'" if session.resuming else ""
-    result = con.run(f"{again}pacstrap{cache} -K {MNT} {packages}{overwrite}", timeout)
+    install = f"pacstrap{cache} -K {MNT} {packages}{overwrite}"
+    result = con.run(f"{again}{TARGET_KEYRING} && {install}; rc=$?; {TARGET_KEYRING_DONE}; (exit $rc)", timeout)
     if result.status != 0:
         raise CommandFailed(result.command, result.status, result.output, pacman_hint(result.output))
 

@@ -199,8 +199,30 @@ def test_15_the_keyring_is_made_with_the_trustdb_checks_off_and_left_on(install:
     """The install makes the live keyring itself (pacman-init is masked): populate runs with
     gpg's per-signature trustdb check off, and the line is gone from gpg.conf afterwards."""
     assert install().exit_code == 0
-    assert (fake.dir / "keyring.log").read_text() == "populate: 1 skip line(s)\n"
+    assert (fake.dir / "keyring.log").read_text() == "populate: 1 skip line(s)\nbox populate: 1 skip line(s)\n"
     assert "no-auto-check-trustdb" not in (fake.dir / "gnupg/gpg.conf").read_text()
+
+
+@pytest.mark.parametrize("via", ["stream", "9p"])
+def test_15_the_boxs_keyring_is_made_so_too_and_left_clean_when_pacstrap_fails(
+    install: Any, fake: Fake, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    """archlinux-keyring's post_install populates the box's keyring, which the install made
+    before pacstrap (as pacstrap -K would) with the same line; it is gone again even when
+    pacstrap fails, and the gpg-agent the populate started is told to end."""
+    gpgdir = "/mnt/etc/pacman.d/gnupg"
+    monkeypatch.setenv("FAKE_FAIL", "pacstrap-enospc")
+    run = install("--install-via", via)
+    one_line_error(run, ExitCode.STEP)
+    assert run.finished()["pacstrap"] == "failed"
+    assert (fake.dir / "keyring.log").read_text().splitlines()[-1] == "box populate: 1 skip line(s)"
+    commands = (fake.dir / "commands.log").read_text().splitlines()
+    init = commands.index(f"pacman-key --gpgdir {gpgdir} --init ")
+    made = next(i for i, line in enumerate(commands) if line.startswith("pacstrap "))
+    assert init < made < commands.index(f"gpgconf --homedir {gpgdir} --kill gpg-agent ")
+    if via == "9p":  # the box's keyring is on the host: the line is gone from it
+        conf = Path(run.events[0]["target"]) / "etc/pacman.d/gnupg/gpg.conf"
+        assert "no-greeting" in conf.read_text() and "no-auto-check-trustdb" not in conf.read_text()
 
 
 @pytest.mark.parametrize(
