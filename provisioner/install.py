@@ -160,9 +160,7 @@ def refresh_keyring(con: Console, session: Session, timeout: float) -> None:
 # the populate started ends, whatever pacstrap did.
 TARGET_GPGDIR = f"{MNT}/etc/pacman.d/gnupg"
 TARGET_KEYRING = f"pacman-key --gpgdir {TARGET_GPGDIR} --init && echo {TRUSTDB_LINE} >> {TARGET_GPGDIR}/gpg.conf"
-TARGET_KEYRING_DONE = (
-    f"sed -i '/^{TRUSTDB_LINE}$/d' {TARGET_GPGDIR}/gpg.conf; gpgconf --homedir {TARGET_GPGDIR} --kill gpg-agent 2>/dev/null"
-)
+TARGET_KEYRING_DONE = f"sed -i '/^{TRUSTDB_LINE}$/d' {TARGET_GPGDIR}/gpg.conf; gpgconf --homedir {TARGET_GPGDIR} --kill gpg-agent"
 
 
 def pacstrap(con: Console, session: Session, timeout: float) -> None:
@@ -172,8 +170,9 @@ def pacstrap(con: Console, session: Session, timeout: float) -> None:
     # of a package that was half extracted are ours to overwrite.
     again = f"rm -f {MNT}/var/lib/pacman/db.lck && " if session.resuming else ""
     overwrite = " --overwrite '*'" if session.resuming else ""
-    install = f"pacstrap{cache} -K {MNT} {packages}{overwrite}"
-    result = con.run(f"{again}{TARGET_KEYRING} && {install}; rc=$?; {TARGET_KEYRING_DONE}; (exit $rc)", timeout)
+    con.check(TARGET_KEYRING, timeout, hint="the box's pacman keyring could not be made; see the transcript")
+    result = con.run(f"{again}pacstrap{cache} -K {MNT} {packages}{overwrite}", timeout)
+    con.run(TARGET_KEYRING_DONE, 60)  # whatever pacstrap did
     if result.status != 0:
         raise CommandFailed(result.command, result.status, result.output, pacman_hint(result.output))
 
@@ -381,7 +380,7 @@ def command_step(index: int, command: str) -> Step:
 
 def send_tree(con: Console, session: Session, timeout: float) -> str:
     """Stream install: the tree goes to the host as one tar into a file of the workspace,
-    checked by its sha256 and bounded in size; it is unpacked once QEMU has ended.
+    checked by its MD5 (the transport's check) and bounded in size; it is unpacked once QEMU has ended.
 
     Each file leaves the scratch disk once it is in the tar (``--remove-files``; the disk is
     mounted with ``discard``), so the host holds the scratch image and the archive at once
@@ -396,13 +395,13 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
         keep = " ".join(q(flag) for flag in flags)
         pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         result = con.check(
-            f"(set -o pipefail; cd {MNT} && {pack} | tee /dev/virtio-ports/{STREAM_PORT} | sha256sum)",
+            f"(set -o pipefail; cd {MNT} && {pack} | tee /dev/virtio-ports/{STREAM_PORT} | md5sum)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
-        sha256 = result.split()[0] if result.split() else ""
-        size = receiver.wait_for(sha256, stream.SETTLE)
-    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (sha256 {sha256[:12]}…); it is unpacked once the guest is gone"
+        md5 = result.split()[0] if result.split() else ""
+        size = receiver.wait_for(md5, stream.SETTLE)
+    return f"the tree arrived as one {size / 2**20:.0f} MiB tar (MD5 {md5[:12]}…); it is unpacked once the guest is gone"
 
 
 def unmount(con: Console, session: Session, timeout: float) -> None:

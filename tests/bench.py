@@ -769,7 +769,7 @@ def shaped_package(shape: Shape, scale: float, out: Path) -> Path:
     dirs = max(1, round(shape.dirs * scale))
     made: list[Path] = []
     for i in range(files):
-        path = tree / f"g{i % max(1, dirs // 20)}" / f"d{i % dirs}" / f"{shape.name}{i}"
+        path = tree / f"g{(i % dirs) // 20}" / f"d{i % dirs}" / f"{shape.name}{i}"
         path.parent.mkdir(parents=True, exist_ok=True)
         size = round(math.exp(rng.uniform(math.log(shape.low), math.log(shape.high))))
         path.write_bytes(filler_bytes(rng, shape.kind, size))
