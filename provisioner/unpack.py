@@ -15,8 +15,8 @@ the host can write:
    devices only when running as root: in a user namespace ``mknod`` fails anyway, and a
    clear refusal beats tar's error). It also bounds the size, and refuses a truncated or
    corrupt archive, or one without its end-of-archive blocks.
-2. GNU tar lists the same bytes (``tar -tv``), and every line must say what tarfile read:
-   the same type, name and link target, in the same order. Two parsers that agree leave no
+2. GNU tar lists the same bytes (``tar -tv``, while tarfile reads), and every line must say
+   what tarfile read: the same type, name and link target, in the same order. Two parsers that agree leave no
    room for a header that means one thing to the check and another to the extractor.
 
 Only then does GNU tar extract, reading that same handle (rewound) on its stdin, with its
@@ -57,6 +57,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -329,10 +330,14 @@ def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int, co
     or the target is not an empty directory; on a failure of tar itself the target may hold
     part of the tree (the message says so).
     """
-    members = read_members(handle, limit=limit)
-    summary = check_members(members, as_root=as_root, limit=limit)
-    listing = tar(["-t", "-v", *TAR_KEEP, "--quoting-style=escape", "-f", "-"], handle, None, userns=False)
-    agree(members, listing)
+    # GNU tar lists while tarfile reads: the same file through a second open of it (its own
+    # offset; /proc's link is to this inode, no path is resolved again).
+    second = os.open(f"/proc/self/fd/{handle.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(second, "rb") as other, ThreadPoolExecutor(1, "unpack-listing") as pool:
+        listed = pool.submit(tar, ["-t", "-v", *TAR_KEEP, "--quoting-style=escape", "-f", "-"], other, None, userns=False)
+        members = read_members(handle, limit=limit)
+        summary = check_members(members, as_root=as_root, limit=limit)
+        agree(members, listed.result())
     directory = open_target(target)
     try:
         tar(["-x", "-p", *TAR_KEEP, *EXTRACT, "-f", "-"], handle, directory, userns=not as_root, consume=consume)
