@@ -558,7 +558,12 @@ def test_a_consumed_stream_gives_its_blocks_back_as_tar_reads_it(box: Sandbox, m
     assert box.archive.stat().st_blocks * 512 >= size - 4096
     punched: list[tuple[int, int]] = []
     real_punch = provisioner.unpack.punch_hole
-    monkeypatch.setattr("provisioner.unpack.punch_hole", lambda fd, at, n: (punched.append((at, n)), real_punch(fd, at, n)))
+
+    def punch(fd: int, at: int, n: int) -> None:
+        punched.append((at, n))
+        real_punch(fd, at, n)
+
+    monkeypatch.setattr("provisioner.unpack.punch_hole", punch)
     assert unpack(box.archive, box.target, as_root=AS_ROOT, limit=LIMIT, consume=True).entries == 22
     for info, data in files:
         assert (box.target / info.name).read_bytes() == data
