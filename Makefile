@@ -91,7 +91,8 @@ lint: setup
 standin: setup
 	$(BIN)/python -m tests.standin.build
 
-# Measure, as root: make bench [BENCH_SECTIONS=box] (install, box; default both; tests/bench.py says more).
+# Measure, as root: make bench [BENCH_SECTIONS=install,box,fixed,export,real] (default all;
+# BENCH_REAL_SCALES=0.25,1 for the real-size set; tests/bench.py says more).
 bench: setup
 	$(BIN)/python -m tests.bench
 
