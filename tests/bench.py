@@ -36,9 +36,10 @@ On the offline stand-in (built as root the first time), in this order:
 8. real: the base set with filler packages shaped like a real default set's (a kernel's
    thousands of compressed modules, tens of thousands of small documents and their symlinks,
    libraries with their ``.so`` links, a toolchain's large binaries and hard links), at each
-   of BENCH_REAL_SCALES (1 is about 64,000 entries and 1 GiB, 16x the 4x set), installed
-   both ways as root, one after the other: wall time per step, the peak disk use over the
-   whole install (the host file system's used bytes, sampled) against the tree's own size,
+   of BENCH_REAL_SCALES (1 is about 60,000 entries and 1.7 GiB, 15x the 4x set's entries),
+   installed both ways as root, one after the other: wall time per step, the peak disk use
+   over the whole install (the used bytes, sampled, of a file system of the install's own:
+   target, package cache and workspace) against the tree's own size,
    the stream's send rate, and the unpack against the host's own ``tar -x`` of the same tar
    (the tree packed again on the host with the install's flags) into the same file system,
    with provision-arch's unpack (checks and all) timed on that tar too.
@@ -297,7 +298,7 @@ def install(
 ) -> tuple[Path, list[dict[str, object]]]:
     """One install on the stand-in with a cold package cache of its own, as root or (``user``)
     as the unprivileged test user with the CLI installed for it; its target and --json events."""
-    home = work / f"home-{name}"  # HOME and XDG_CACHE_HOME (home/cache) of this install
+    home = work / f"home-{name}"  # HOME, XDG_CACHE_HOME (home/cache) and XDG_STATE_HOME (home/state) of this install
     home.mkdir()
     base, password = home / "base", home / "root-password"
     password.write_text(PASSWORD + "\n")
@@ -305,7 +306,7 @@ def install(
     args = (str(base), "--iso", str(iso), "--password-file", str(password), "--accel", accel.value, "--json", *options)
     if user is None:
         argv = [sys.executable, "-m", "provisioner", *args]
-        env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache")}
+        env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_STATE_HOME": str(home / "state")}
     else:
         account, cli = user
         for path in (home, password):
@@ -686,9 +687,10 @@ def bench_fixed(results: Results, iso: Path, work: Path, accel: Accel) -> None:
 
 
 def disk_use(path: Path) -> tuple[int, int]:
-    """Bytes on the host's disk and apparent bytes of a file or a tree (links not followed)."""
+    """Bytes on the host's disk and apparent bytes of a file or a tree (links not followed, a
+    hard-linked file once)."""
     paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    stats = [p.lstat() for p in paths]
+    stats = list({(s.st_dev, s.st_ino): s for s in (p.lstat() for p in paths)}.values())
     return sum(s.st_blocks * 512 for s in stats), sum(s.st_size for s in stats)
 
 
@@ -798,6 +800,23 @@ def shaped_package(shape: Shape, scale: float, out: Path) -> Path:
     return built
 
 
+@contextmanager
+def own_file_system(path: Path) -> Iterator[Path]:
+    """An ext4 file system of its own at ``path`` (a sparse image beside it, loop-mounted), so
+    that its used bytes are one install's alone, whatever else the machine writes meanwhile."""
+    image = path.with_name(path.name + ".img")
+    with image.open("wb") as handle:
+        handle.truncate(128 << 30)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    path.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+        image.unlink()
+
+
 class DiskPeak:
     """The peak of the used bytes of the file system holding ``path``, sampled every 0.2 s on a
     thread from ``with`` to its end; what is measured is how far it rose above the start."""
@@ -821,8 +840,12 @@ class DiskPeak:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     @property
     def rise(self) -> int:
@@ -844,26 +867,27 @@ def bench_real(results: Results, iso: Path, work: Path, accel: Accel) -> None:
             names = " ".join(pkgname(p.name) for p in built)
             label = f"x{scale:g}"
             for via in VIAS:
-                with DiskPeak(work) as disk:
-                    base, steps, wall = install_set(iso, work, f"real-{label}-{via}", accel, mirror, label, via,
+                # The install's home (target, package cache, workspace) on a file system of its own.
+                with own_file_system(work / f"fs-{label}-{via}") as fs, DiskPeak(fs) as disk:
+                    base, steps, wall = install_set(iso, fs, f"real-{label}-{via}", accel, mirror, label, via,
                                                     packages=f"{PACKAGES} {names}")  # fmt: skip
-                count = entries(base)
-                on_disk, apparent = disk_use(base)
-                column = f"{label} {via}"
-                for step, seconds in steps.items():
-                    results.add("real", f"step {step}", seconds, column=column)
-                results.add("real", "wall time (result event)", wall, column=column)
-                results.add("real", "entries in the tree", count, unit="entries", column=column)
-                results.add("real", "the tree on the host's disk", on_disk / 2**20, unit="MiB", column=column)
-                cache = CACHED.get(f"real-{label}-{via}", 0)
-                results.add("real", "the package cache (kept for the next install)", cache / 2**20, unit="MiB", column=column)
-                results.add("real", "peak disk use during the install", disk.rise / 2**20, unit="MiB", column=column)
-                above = disk.rise - cache - on_disk
-                results.add("real", "peak above the tree and the cache", above / 2**20, unit="MiB", column=column)
-                results.add("real", "peak above them / the tree", above / on_disk, unit="x", column=column)
-                if via == "stream":
-                    real_unpack(results, base, work, column, steps, wall, apparent, count)
-                subprocess.run(["rm", "-rf", str(base)], check=True)
+                    disk.stop()  # what follows writes outside the install's file system only
+                    count = entries(base)
+                    on_disk, apparent = disk_use(base)
+                    column = f"{label} {via}"
+                    for step, seconds in steps.items():
+                        results.add("real", f"step {step}", seconds, column=column)
+                    results.add("real", "wall time (result event)", wall, column=column)
+                    results.add("real", "entries in the tree", count, unit="entries", column=column)
+                    results.add("real", "the tree on the host's disk", on_disk / 2**20, unit="MiB", column=column)
+                    cache = CACHED.get(f"real-{label}-{via}", 0)
+                    results.add("real", "the package cache (kept for the next install)", cache / 2**20, unit="MiB", column=column)
+                    results.add("real", "peak disk use during the install", disk.rise / 2**20, unit="MiB", column=column)
+                    above = disk.rise - cache - on_disk
+                    results.add("real", "peak above the tree and the cache", above / 2**20, unit="MiB", column=column)
+                    results.add("real", "peak above them / the tree", above / on_disk, unit="x", column=column)
+                    if via == "stream":
+                        real_unpack(results, base, work, column, steps, wall, apparent, count)
 
 
 def real_unpack(
