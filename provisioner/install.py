@@ -41,7 +41,8 @@ from provisioner.tree import IN_ROOT, Tree, as_guest_root
 from provisioner.users import User
 
 MNT = "/mnt"
-GUEST_STAGE = "/run/provision-arch/stage"  # the stage share, in the live system (never in the target)
+GUEST_RUN = "/run/provision-arch"  # the install's own files in the live system (never in the target)
+GUEST_STAGE = f"{GUEST_RUN}/stage"  # the stage share
 STAGE_MOUNT_OPTIONS = f"trans=virtio,version=9p2000.L,msize={MSIZE},ro"
 # During the install the guest is the share's only writer, so the non-coherent `loose`
 # cache is safe, and file creation is several times faster than the seed's cache=mmap.
@@ -401,8 +402,10 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
         keep = " ".join(q(flag) for flag in flags)
         pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         carry = f"dd of=/dev/virtio-ports/{STREAM_PORT} bs={RECORD} iflag=fullblock"
+        # tar's words (its totals among them) are shown after dd's, which would interleave with them.
+        said = f"{GUEST_RUN}/tar-{session.run_id}.log"
         result = con.check(
-            f"(set -o pipefail; cd {MNT} && {pack} | {carry})",
+            f"(set -o pipefail; cd {MNT} && {pack} 2>{said} | {carry}); rc=$?; cat {said}; rm -f {said}; (exit $rc)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
