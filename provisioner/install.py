@@ -397,8 +397,12 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
         # Busybox runs its own applets before PATH, so GNU find and tar by their paths. The
         # tree's top-level entries are named (tar cannot remove "." itself; the host makes the
         # box's / anyway), the scratch file system's lost+found is no part of it.
-        flags = (*TAR_KEEP, "--sparse", "--one-file-system", "--remove-files", "--totals",
-                 f"--blocking-factor={RECORD // 512}", "--null", "--no-unquote", "-T", "-")  # fmt: skip
+        # No access and change times (tar -x sets neither from them): without them a member
+        # whose mtime is whole seconds, as a package's files are, needs no pax header, which
+        # halves what the host's check parses (docs/performance.md) and sends 1 KiB less each.
+        flags = (*TAR_KEEP, "--pax-option=delete=atime,delete=ctime", "--sparse", "--one-file-system",
+                 "--remove-files", "--totals", f"--blocking-factor={RECORD // 512}", "--null", "--no-unquote",
+                 "-T", "-")  # fmt: skip
         keep = " ".join(q(flag) for flag in flags)
         pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         carry = f"dd of=/dev/virtio-ports/{STREAM_PORT} bs={RECORD} iflag=fullblock"
@@ -536,19 +540,25 @@ def in_live_system(
         raise HostError(f"cannot write {session.transcript}: {exc.strerror}", "check --log and the state directory") from exc
     events.note(f"console transcript: {session.transcript}")
     try:
-        with ExitStack() as machine:
-            with events.step("stage", "Staging files for the guest"):
-                session.stage()  # inside the try: a half-written stage (the password hash!) is removed too
-            with events.step("boot", "Booting the ISO and logging in"):
-                con = machine.enter_context(live_console(session, iso, boot, transcript, events))
-                con.check("dmesg -n 1", 30)  # keep kernel messages out of command output
-            run_steps(con, session, events, transcript, state, steps=steps)
-            with events.step("poweroff", "Powering off"):
-                con.poweroff()
-        if session.stream is not None:
-            session.workspace.scratch.unlink(missing_ok=True)  # QEMU is gone: the tree is in the archive alone
-            with events.step("unpack", "Unpacking the tree into the target"):
-                events.note(unpack_tree(session, state))
+        with ExitStack() as ahead:
+            extract = None
+            with ExitStack() as machine:
+                with events.step("stage", "Staging files for the guest"):
+                    session.stage()  # inside the try: a half-written stage (the password hash!) is removed too
+                with events.step("boot", "Booting the ISO and logging in"):
+                    con = machine.enter_context(live_console(session, iso, boot, transcript, events))
+                    con.check("dmesg -n 1", 30)  # keep kernel messages out of command output
+                run_steps(con, session, events, transcript, state, steps=steps)
+                with events.step("poweroff", "Powering off"):
+                    if session.stream is not None:  # the archive is whole: checked while the guest powers off
+                        extract = ahead.enter_context(
+                            unpack.checked_ahead(session.workspace.archive, as_root=is_root(), limit=STREAM_LIMIT, consume=True)
+                        )
+                    con.poweroff()
+            if extract is not None:
+                session.workspace.scratch.unlink(missing_ok=True)  # QEMU is gone: the tree is in the archive alone
+                with events.step("unpack", "Unpacking the tree into the target"):
+                    events.note(unpack_tree(session, state, extract))
     except (BootFailed, ConsoleTimeout, CommandFailed) as exc:
         exc.hint = f"{exc.hint}; transcript: {session.transcript}" if exc.hint else f"transcript: {session.transcript}"
         raise
@@ -558,8 +568,9 @@ def in_live_system(
     return finish(session, events, state, (iso, iso_sha256), expected)
 
 
-def unpack_tree(session: Session, state: State) -> str:
-    """The stream's archive into the target, now that no guest can reach either.
+def unpack_tree(session: Session, state: State, extract: Callable[[Path], unpack.Summary]) -> str:
+    """The stream's archive into the target, now that no guest can reach either: ``extract``
+    (of ``unpack.checked_ahead``) waits for the archive's check, then unpacks it.
 
     The archive goes into a new empty directory of the target, which is then moved over
     whatever an older tree left there (with --force): the extractor never meets a link it did
@@ -572,8 +583,7 @@ def unpack_tree(session: Session, state: State) -> str:
     as_guest_root("remove", session.target, UNPACK_DIR, as_root=root)
     with Tree(session.target) as tree:
         tree.mkdir(UNPACK_DIR, 0o700)
-    archive, into = session.workspace.archive, session.target / UNPACK_DIR
-    summary = unpack.unpack(archive, into, as_root=root, limit=STREAM_LIMIT, consume=True)
+    summary = extract(session.target / UNPACK_DIR)
     as_guest_root("merge", session.target, UNPACK_DIR, as_root=root)
     state.unpacking = False
     save(session.target, state)

@@ -27,7 +27,9 @@ to be passed through. Any output on tar's stderr (a lost xattr, say) fails like 
 except time stamp warnings (``EXTRACT``). The archive itself is opened once, without
 following a link, and must be a regular file; tarfile never reads past its end (``Clamped``).
 When not root it runs under ``unshare --map-auto --map-root-user``, so the guest's owners
-land in the user's subordinate ids as they would on the 9p path.
+land in the user's subordinate ids as they would on the 9p path. ``checked_ahead`` splits the
+two halves in time: the stream install checks the archive (whole, in a file only the host
+writes) while the guest powers off, and extracts once QEMU has ended.
 
 With ``consume`` (the stream install's), the extraction gives the archive's blocks back to the
 host's disk as tar reads them (``fallocate`` punching holes behind it, every PUNCH_EVERY
@@ -55,9 +57,11 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -180,8 +184,9 @@ class Clamped(io.RawIOBase):
         return self.handle.tell()
 
 
-def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
-    """Every member tarfile reads in ``handle``, which must end with tar's end-of-archive blocks."""
+def read_members(handle: BinaryIO, *, limit: int, stop: threading.Event | None = None) -> list[tarfile.TarInfo]:
+    """Every member tarfile reads in ``handle``, which must end with tar's end-of-archive blocks
+    (an UnpackError once ``stop`` is set)."""
     size = os.fstat(handle.fileno()).st_size
     if size > limit:
         raise UnpackError(f"the stream is refused: the archive is {size} bytes, over the limit of {limit}", HINT)
@@ -190,6 +195,8 @@ def read_members(handle: BinaryIO, *, limit: int) -> list[tarfile.TarInfo]:
     try:
         with tarfile.open(fileobj=Clamped(handle, size), mode="r:", encoding="utf-8", errors="surrogateescape") as archive:
             while (member := archive.next()) is not None:
+                if stop is not None and stop.is_set():
+                    raise UnpackError("the check of the stream was stopped", "the install ended before the unpack")
                 members.append(member)
                 if archive.pax_headers:
                     raise refuse(member.name, "follows a global pax header (GNU tar -c writes none)")
@@ -311,6 +318,45 @@ def unpack(archive: Path, target: Path, *, as_root: bool, limit: int, consume: b
     ``archive`` is opened once, without following a link, and must be a regular file; see
     ``unpack_from`` for the rest. ``consume``: free its blocks as tar reads them (see the module's docstring).
     """
+    with open_archive(archive, consume=consume) as handle:
+        return unpack_from(handle, target, as_root=as_root, limit=limit, consume=consume)
+
+
+@contextmanager
+def checked_ahead(archive: Path, *, as_root: bool, limit: int, consume: bool = False) -> Iterator[Callable[[Path], Summary]]:
+    """``unpack`` in two halves: ``archive`` is opened and checked in a thread from now on,
+    while the caller goes on (a stream install: while the guest powers off), and the function
+    yielded waits for that check, then extracts into the target it is given; the Summary.
+
+    A refusal or an error of the check is raised by that function, as ``unpack`` would raise
+    it. Leaving the context stops a check still running (at its next member) and closes the
+    archive; nothing is extracted but by the function."""
+    stop = threading.Event()
+    opened: list[BinaryIO] = []
+
+    def check_it() -> Summary:
+        opened.append(open_archive(archive, consume=consume))
+        return check(opened[0], as_root=as_root, limit=limit, stop=stop)
+
+    def extract_it(target: Path) -> Summary:
+        summary = checking.result()
+        extract(opened[0], target, as_root=as_root, consume=consume)
+        return summary
+
+    try:
+        with ThreadPoolExecutor(1, "unpack-check") as pool:
+            checking = pool.submit(check_it)
+            try:
+                yield extract_it
+            finally:
+                stop.set()
+    finally:
+        for handle in opened:
+            handle.close()
+
+
+def open_archive(archive: Path, *, consume: bool) -> BinaryIO:
+    """``archive`` opened without following a link (read-write if it is to be ``consume``d); it must be a regular file."""
     try:
         fd = os.open(archive, (os.O_RDWR if consume else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -318,8 +364,7 @@ def unpack(archive: Path, target: Path, *, as_root: bool, limit: int, consume: b
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnpackError(f"the stream {archive} is not a regular file", "it must be a regular file only the host writes")
-    with os.fdopen(fd, "rb") as handle:
-        return unpack_from(handle, target, as_root=as_root, limit=limit, consume=consume)
+    return os.fdopen(fd, "rb")
 
 
 def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int, consume: bool = False) -> Summary:
@@ -330,20 +375,33 @@ def unpack_from(handle: BinaryIO, target: Path, *, as_root: bool, limit: int, co
     or the target is not an empty directory; on a failure of tar itself the target may hold
     part of the tree (the message says so).
     """
+    summary = check(handle, as_root=as_root, limit=limit)
+    extract(handle, target, as_root=as_root, consume=consume)
+    return summary
+
+
+def check(handle: BinaryIO, *, as_root: bool, limit: int, stop: threading.Event | None = None) -> Summary:
+    """The archive's Summary once both readings of it (see the module's docstring) found it safe; UnpackError if not.
+
+    ``stop``: once set, the reading ends at the next member with an UnpackError."""
     # GNU tar lists while tarfile reads: the same file through a second open of it (its own
     # offset; /proc's link is to this inode, no path is resolved again).
     second = os.open(f"/proc/self/fd/{handle.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
     with os.fdopen(second, "rb") as other, ThreadPoolExecutor(1, "unpack-listing") as pool:
         listed = pool.submit(tar, ["-t", "-v", *TAR_KEEP, "--quoting-style=escape", "-f", "-"], other, None, userns=False)
-        members = read_members(handle, limit=limit)
+        members = read_members(handle, limit=limit, stop=stop)
         summary = check_members(members, as_root=as_root, limit=limit)
         agree(members, listed.result())
+    return summary
+
+
+def extract(handle: BinaryIO, target: Path, *, as_root: bool, consume: bool) -> None:
+    """GNU tar extracts the archive, which ``check`` found safe, into ``target`` (an empty directory)."""
     directory = open_target(target)
     try:
         tar(["-x", "-p", *TAR_KEEP, *EXTRACT, "-f", "-"], handle, directory, userns=not as_root, consume=consume)
     finally:
         os.close(directory)
-    return summary
 
 
 def open_target(target: Path) -> int:

@@ -182,7 +182,7 @@ def test_an_interrupted_unpack_is_recognised_as_such(
         raise UnpackError("tar could not unpack the stream: No space left on device", "free some space")
 
     with monkeypatch.context() as patched:
-        patched.setattr("provisioner.unpack.unpack", fails)
+        patched.setattr("provisioner.unpack.extract", fails)
         assert install().exit_code == ExitCode.STEP
     again = install()
     assert again.exit_code == ExitCode.USAGE, again.stderr

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytest
 import provisioner.unpack
 from provisioner.errors import ExitCode, ProvisionError
 from provisioner.run import NotFound
-from provisioner.unpack import Summary, UnpackError, agree, escaped, scan, unpack, unpack_from
+from provisioner.unpack import Summary, UnpackError, agree, checked_ahead, escaped, scan, unpack, unpack_from
 from tests.unpack_sandbox import Sandbox, extract_as_root
 
 AS_ROOT = extract_as_root()
@@ -590,3 +591,50 @@ def test_a_refused_stream_is_not_consumed(box: Sandbox) -> None:
         unpack(box.archive, box.target, as_root=AS_ROOT, limit=LIMIT, consume=True)
     assert box.archive.read_bytes() == stream
     assert box.target_is_pristine()
+
+
+# checked_ahead: the stream install's two halves, the check while the guest powers off, then the extraction.
+
+
+def test_a_stream_checked_ahead_unpacks_when_asked_and_not_before(box: Sandbox) -> None:
+    box.archive.write_bytes(archive(directory("."), directory("d"), reg("d/a")))
+    with checked_ahead(box.archive, as_root=AS_ROOT, limit=LIMIT, consume=True) as extract:
+        time.sleep(0.5)  # the check is done by now, the extraction waits for the call
+        assert box.target_is_pristine()
+        assert extract(box.target) == Summary(entries=3, bytes=5, setuid=0)
+    assert (box.target / "d/a").read_bytes() == b"data\n"
+    assert box.changes() == []
+
+
+def test_a_stream_checked_ahead_and_refused_is_refused_when_extracted(box: Sandbox) -> None:
+    stream = archive(directory("."), symlink("esc", str(box.canaries)), reg("esc/canary", b"owned\n"))
+    box.archive.write_bytes(stream)
+    with (
+        checked_ahead(box.archive, as_root=AS_ROOT, limit=LIMIT, consume=True) as extract,
+        pytest.raises(UnpackError, match="lies below the archive's symlink"),
+    ):
+        extract(box.target)
+    assert box.changes() == [] and box.target_is_pristine()
+    assert box.archive.read_bytes() == stream  # not consumed
+
+
+def test_a_check_ahead_left_unused_stops_and_unpacks_nothing(box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install that fails or is interrupted while the guest powers off: leaving the context
+    ends the check at its next member, closes the archive, and nothing reaches the target."""
+    box.archive.write_bytes(archive(directory("."), *(reg(f"f{i}") for i in range(2000))))
+    read: list[int] = []
+    real_next = tarfile.TarFile.next
+
+    def slow_next(self: tarfile.TarFile) -> tarfile.TarInfo | None:
+        read.append(1)
+        time.sleep(0.005)
+        return real_next(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", slow_next)
+    started = time.monotonic()
+    with checked_ahead(box.archive, as_root=AS_ROOT, limit=LIMIT, consume=True):
+        time.sleep(0.2)
+    assert time.monotonic() - started < 3  # 2000 members at 5 ms would take 10 s
+    assert 0 < len(read) < 2000
+    assert box.target_is_pristine() and box.changes() == []
+    assert not [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == str(box.archive)]
