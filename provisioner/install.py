@@ -36,7 +36,7 @@ from provisioner.qemu import BOX_INITRD, BOX_KERNEL, CACHE_TAG, MOUNT_TAG, MSIZE
 from provisioner.session import RUN_ID, SCRATCH_SIZE, Session
 from provisioner.staged import StagedFile
 from provisioner.state import State, save
-from provisioner.stream import TAR_KEEP, Receiver
+from provisioner.stream import TAR_PACK, Receiver
 from provisioner.tree import IN_ROOT, Tree, as_guest_root
 from provisioner.users import User
 
@@ -397,12 +397,8 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
         # Busybox runs its own applets before PATH, so GNU find and tar by their paths. The
         # tree's top-level entries are named (tar cannot remove "." itself; the host makes the
         # box's / anyway), the scratch file system's lost+found is no part of it.
-        # No access and change times (tar -x sets neither from them): without them a member
-        # whose mtime is whole seconds, as a package's files are, needs no pax header, which
-        # halves what the host's check parses (docs/performance.md) and sends 1 KiB less each.
-        flags = (*TAR_KEEP, "--pax-option=delete=atime,delete=ctime", "--sparse", "--one-file-system",
-                 "--remove-files", "--totals", f"--blocking-factor={RECORD // 512}", "--null", "--no-unquote",
-                 "-T", "-")  # fmt: skip
+        flags = (*TAR_PACK, "--one-file-system", "--remove-files", "--totals", f"--blocking-factor={RECORD // 512}",
+                 "--null", "--no-unquote", "-T", "-")  # fmt: skip
         keep = " ".join(q(flag) for flag in flags)
         pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         carry = f"dd of=/dev/virtio-ports/{STREAM_PORT} bs={RECORD} iflag=fullblock"
