@@ -130,10 +130,10 @@ def mount_target(con: Console, session: Session, timeout: float) -> None:
     else:
         # The tree is built on the scratch disk; the target is not shared with the guest at all.
         # No journal: the disk is thrown away, and on this 64 GiB disk mkfs would write a
-        # 512 MiB one onto the host's. discard: what the send removes is given back to the
-        # host's disk (QEMU's discard=unmap); noinit_itable: no zeroing of unused inode tables.
+        # 512 MiB one onto the host's. noinit_itable: no zeroing of unused inode tables. No
+        # `discard`: the send gives the removed files' blocks back with fstrim (send_tree).
         con.check(
-            f"mkfs.ext4 -q -F -O ^has_journal {SCRATCH} && mkdir -p {MNT} && mount -o discard,noinit_itable {SCRATCH} {MNT}",
+            f"mkfs.ext4 -q -F -O ^has_journal {SCRATCH} && mkdir -p {MNT} && mount -o noinit_itable {SCRATCH} {MNT}",
             timeout,
             hint="the scratch disk did not mount; --install-via 9p does without the disk",
         )
@@ -386,11 +386,14 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
     bounded in size; the host waits for exactly the bytes tar says it wrote, and it is
     unpacked once QEMU has ended.
 
-    Each file leaves the scratch disk once it is in the tar (``--remove-files``; the disk is
-    mounted with ``discard``), so the host holds the scratch image and the archive at once
-    only for the part in flight, not the tree twice. The port gets whole records (RECORD
-    bytes): under TCG every write to it costs a trap, and tee's 8 KiB writes made it a fifth
-    as fast (docs/performance.md)."""
+    Each file leaves the scratch disk once it is in the tar (``--remove-files``), and a loop
+    beside the pipeline gives the freed blocks back to the host's disk with fstrim every
+    TRIM_EVERY seconds (QEMU's ``discard=unmap``), so the host holds the scratch image and the
+    archive at once only for the part in flight, not the tree twice. Not the mount's
+    ``discard``: that sends a discard for each removed file as it goes, which under TCG made
+    the send of 59,364 entries 2.7 ms an entry (docs/performance.md). The port gets whole
+    records (RECORD bytes): under TCG every write to it costs a trap, and tee's 8 KiB writes
+    made it a fifth as fast."""
     assert session.stream is not None  # the step is enabled only then
     out = session.stream.pipe.with_name(session.stream.pipe.name + ".out")
     with Receiver(out, session.workspace.archive, limit=STREAM_LIMIT) as receiver:
@@ -403,9 +406,12 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
         pack = f"/usr/bin/find . -mindepth 1 -maxdepth 1 ! -name lost+found -print0 | /usr/bin/tar -c {keep} -f -"
         carry = f"dd of=/dev/virtio-ports/{STREAM_PORT} bs={RECORD} iflag=fullblock"
         # tar's words (its totals among them) are shown after dd's, which would interleave with them.
-        said = f"{GUEST_RUN}/tar-{session.run_id}.log"
+        said, stop = f"{GUEST_RUN}/tar-{session.run_id}.log", f"{GUEST_RUN}/trim-{session.run_id}.stop"
+        # The trimmer ends at its next round once the pipeline has (no fstrim left holding the mount).
+        trim = f"(while [ ! -e {stop} ]; do fstrim {MNT} 2>/dev/null; sleep {TRIM_EVERY}; done) & trimmer=$!"
+        send = f"{pack} 2>{said} | {carry}; rc=$?; touch {stop}; wait $trimmer; rm -f {stop}; exit $rc"
         result = con.check(
-            f"(set -o pipefail; cd {MNT} && {pack} 2>{said} | {carry}); rc=$?; cat {said}; rm -f {said}; (exit $rc)",
+            f"(set -o pipefail; cd {MNT} || exit; {trim}; {send}); rc=$?; cat {said}; rm -f {said}; (exit $rc)",
             timeout,
             hint="the guest could not pack the tree; see the transcript",
         )
@@ -448,6 +454,7 @@ COMMAND_TIMEOUT = 3600.0  # seconds per command at --timeout-scale 1
 # before it fills the host's disk.
 STREAM_LIMIT = SCRATCH_SIZE + (1 << 30)
 RECORD = 128 << 10  # the stream's tar record, and what each write to the port carries
+TRIM_EVERY = 1  # seconds between the send's fstrim rounds on the scratch disk
 LEGACY_STATE = ".provision-arch"  # where provision-arch up to 0.x kept its state: in the guest's reach
 UNPACK_DIR = ".provision-arch-unpack"  # in the target, while the stream is unpacked
 # The dev-box steps and the config that asks for each: a step nobody asked for is no part of
