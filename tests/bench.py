@@ -37,10 +37,10 @@ On the offline stand-in (built as root the first time), in this order:
    thousands of compressed modules, tens of thousands of small documents and their symlinks,
    libraries with their ``.so`` links, a toolchain's large binaries and hard links), at each
    of BENCH_REAL_SCALES (1 is about 60,000 entries, a 1.1 GiB tree and a 0.6 GiB package
-   cache: 15x the 4x set's entries), installed both ways as root, one after the other: wall time per step, the peak disk use
-   over the whole install (the used bytes, sampled, of a file system of the install's own:
-   target, package cache and workspace) against the tree's own size,
-   the stream's send rate, and the unpack against the host's own ``tar -x`` of the same tar
+   cache: 15x the 4x set's entries), installed both ways as root, one after the other: wall
+   time per step, the peak disk use over the whole install (the used bytes, sampled, of a
+   file system of the install's own: target, package cache and workspace) against the
+   tree's own size, the stream's send rate, and the unpack against the host's own ``tar -x`` of the same tar
    (the tree packed again on the host with the install's flags) into the same file system,
    with provision-arch's unpack (checks and all) timed on that tar too.
 
