@@ -40,9 +40,9 @@ On the offline stand-in (built as root the first time), in this order:
    cache: 15x the 4x set's entries), installed both ways as root, one after the other: wall
    time per step, the peak disk use over the whole install (the used bytes, sampled, of a
    file system of the install's own: target, package cache and workspace) against the
-   tree's own size, the stream's send rate, and the unpack against the host's own ``tar -x`` of the same tar
-   (the tree packed again on the host with the install's flags) into the same file system,
-   with provision-arch's unpack (checks and all) timed on that tar too.
+   tree's own size, the stream's send rate, and the unpack against the host's own ``tar -x``
+   of the same tar (the tree packed again on the host with the install's flags) into the
+   same file system, with provision-arch's unpack (checks and all) timed on that tar too.
 
 BENCH_SECTIONS (a comma list of ``install``, ``box``, ``fixed``, ``export`` and ``real``;
 default all) chooses the long sections: ``install`` is section 2 (about half an hour), ``box``
