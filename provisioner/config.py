@@ -196,6 +196,11 @@ class Config:
         metavar="9p|stream",
     )
     refresh_keyring: bool = option(True, "Update archlinux-keyring in the live system before pacstrap (old ISOs need it).")
+    keep_keyring: bool = option(
+        True,
+        "Keep the live system's pacman keyring (public keys and trust, no secret) in the user's cache, made once per "
+        "ISO: the next install from the same ISO starts from it instead of making it again (docs/trust.md).",
+    )
     timeout_scale: float = option(1.0, "Multiply every timeout (slow machines, big package sets).", metavar="X")
     log: Path | None = option(
         None, "Console transcript file.", metavar="FILE", default_text="console.log in the box's workspace",

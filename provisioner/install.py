@@ -13,6 +13,7 @@ only after QEMU has ended, into a target the guest never saw.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from collections.abc import Callable
@@ -21,19 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from shlex import quote as q
 
-from provisioner import stream, unpack, users
+from provisioner import keyring, stream, unpack, users
 from provisioner.acquire import DEFAULT_MIRROR, IsoSource, check_given_iso, obtain_iso
 from provisioner.config import Config, InstallVia, box_record
 from provisioner.console import Console, Transcript
 from provisioner.errors import BootFailed, CommandFailed, ConsoleTimeout, HostError, ProvisionError, VerifyError
 from provisioner.events import Bus, ConsoleLine
 from provisioner.iso import read_boot_files
+from provisioner.keyring import TRUSTDB_LINE, KeyringError, LiveKeyring
 from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
 from provisioner.pacman import enable_option, parse_version, sandbox_switch
 from provisioner.preflight import is_root, reachable_by_others
-from provisioner.qemu import BOX_INITRD, BOX_KERNEL, CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STAGE_TAG, STREAM_PORT
-from provisioner.session import RUN_ID, SCRATCH_SIZE, Session
+from provisioner.qemu import (
+    BOX_INITRD,
+    BOX_KERNEL,
+    CACHE_TAG,
+    KEYRING_PORT,
+    MOUNT_TAG,
+    MSIZE,
+    SCRATCH_SERIAL,
+    STAGE_TAG,
+    STREAM_PORT,
+)  # fmt: skip
+from provisioner.session import KEPT_KEYRING, RUN_ID, SCRATCH_SIZE, Session
 from provisioner.staged import StagedFile
 from provisioner.state import State, save
 from provisioner.stream import TAR_PACK, Receiver
@@ -81,29 +93,19 @@ def chrooted(command: str) -> str:
 # -- guest steps ---------------------------------------------------------------------------
 
 
-TRUSTDB_LINE = "no-auto-check-trustdb"
-# pacman-init's work, done by the install itself (the ISO's pacman-init is masked, qemu.LIVE_MASKED):
-# pacman-key --init, then --populate with gpg told not to recompute its trust database after
-# each of the master keys' local signatures, most of populate's time, which ends with an
-# explicit check of its own; the line goes again before anything else uses the keyring.
-# Nor does the keyring wait for time sync, as pacman-init does (never, without NTP). The
-# keyring is where pacman.conf's GPGDir says, as for pacman-key; the keys are Arch's keyring's,
-# named as archlinux-keyring's own scriptlet names them (a bare --populate takes every
-# keyring in the import directory, which on other systems holds other distributions' keys).
-MAKE_KEYRING = " && ".join([
-    "gpgdir=$(pacman-conf GPGDir)",
-    "{ systemctl start etc-pacman.d-gnupg.mount || true; }",  # the ISO's tmpfs there, as pacman-init's Requires= had it
-    "pacman-key --init",
-    f'echo {TRUSTDB_LINE} >> "$gpgdir/gpg.conf"',
-    "pacman-key --populate archlinux",
-    f"sed -i '/^{TRUSTDB_LINE}$/d' \"$gpgdir/gpg.conf\"",
-])  # fmt: skip
-
-
-def make_keyring(con: Console, session: Session, timeout: float) -> None:
-    """The live system's pacman keyring, as pacman-init would make it, in a fraction of the time."""
+def make_keyring(con: Console, session: Session, timeout: float) -> str | None:
+    """The live system's pacman keyring: unpacked from the one an earlier run from this ISO
+    kept, or made as pacman-init would make it, in a fraction of the time, and then kept."""
+    live = session.live_keyring
+    if live is not None and live.kept is not None:
+        con.check(
+            keyring.restore(f"{GUEST_STAGE}/{KEPT_KEYRING}"),
+            timeout,
+            hint=f"the kept live keyring did not unpack; remove {live.path}, or run with --no-keep-keyring",
+        )
+        return f"the live keyring is the one kept for this ISO ({live.path})"
     try:
-        con.check(MAKE_KEYRING, timeout, hint="the live system could not make its pacman keyring; see the transcript")
+        con.check(keyring.MAKE, timeout, hint="the live system could not make its pacman keyring; see the transcript")
     except ConsoleTimeout as exc:
         raise ConsoleTimeout(
             "ready pacman keyring (pacman-key --init, --populate)",
@@ -111,6 +113,28 @@ def make_keyring(con: Console, session: Session, timeout: float) -> None:
             exc.output,
             "under TCG the keyring takes minutes; raise --timeout-scale, or use KVM",
         ) from exc
+    return None if live is None else keep_keyring(con, session, live)
+
+
+def keep_keyring(con: Console, session: Session, live: LiveKeyring) -> str:
+    """Send the keyring just made to the host on its own port and keep it for the next run
+    from this ISO; what is said of it. The install goes on without it if it cannot be kept."""
+    port, received = session.workspace.keyring_pipe, session.workspace.keyring
+    archive = f"{GUEST_RUN}/keyring-{session.run_id}.tar"
+    try:
+        with Receiver(port.with_name(port.name + ".out"), received, limit=keyring.LIMIT) as receiver:
+            size = int(con.check(keyring.pack(archive), 120).split()[-1])
+            if size > keyring.LIMIT:
+                raise KeyringError(f"the keyring is {size} bytes, more than {keyring.LIMIT}", "")
+            con.check(keyring.send(archive, f"/dev/virtio-ports/{KEYRING_PORT}"), 120)
+            receiver.wait_for(size, stream.SETTLE)
+        keyring.keep(live.path, received.read_bytes())
+    except (CommandFailed, KeyringError, stream.StreamError, ValueError, OSError) as exc:  # a timeout is not: the console is lost
+        reason = exc.message if isinstance(exc, ProvisionError) else str(exc)
+        return f"the live keyring was not kept for the next install from this ISO: {reason}"
+    finally:
+        received.unlink(missing_ok=True)
+    return f"kept the live keyring for the next install from this ISO: {live.path}"
 
 
 def mount_target(con: Console, session: Session, timeout: float) -> None:
@@ -535,6 +559,7 @@ def in_live_system(
             )
     if cfg.cache_packages and cfg.package_cache:
         cfg.package_cache.mkdir(parents=True, exist_ok=True)
+    session = dataclasses.replace(session, live_keyring=live_keyring(cfg, cache_dir, iso_sha256, events))
     try:
         transcript = Transcript(
             session.transcript, redact=cfg.password_hashes, on_line=lambda line: events.emit(ConsoleLine(line))
@@ -569,6 +594,18 @@ def in_live_system(
         transcript.close()
         session.unstage()
     return finish(session, events, state, (iso, iso_sha256), expected)
+
+
+def live_keyring(cfg: Config, cache_dir: Path, iso_sha256: str, events: Bus) -> LiveKeyring | None:
+    """How this run gets its live keyring (None: made, and not kept: --no-keep-keyring)."""
+    if not cfg.keep_keyring:
+        return None
+    path = keyring.kept_path(cache_dir, iso_sha256)
+    try:
+        return LiveKeyring(path, keyring.load(path))
+    except KeyringError as exc:
+        events.note(f"{exc.message}: the live keyring is made again, and kept anew")
+        return LiveKeyring(path)
 
 
 def unpack_tree(session: Session, state: State, extract: Callable[[Path], unpack.Summary]) -> str:

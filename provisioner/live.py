@@ -34,8 +34,9 @@ def _machine(session: Session, accel: Accel, iso: Path, boot: BootFiles, transcr
     hw = Hardware(memory=cfg.memory, cpus=cfg.cpus, accel=accel)
     cache = cfg.package_cache if cfg.cache_packages else None
     argv = install_argv(
-        hw, iso, boot, cfg.target, session.stage_dir, mirror=cfg.guest_mirror, package_cache=cache, stream=session.stream
-    )
+        hw, iso, boot, cfg.target, session.stage_dir, mirror=cfg.guest_mirror, package_cache=cache, stream=session.stream,
+        keyring=session.keyring_port,
+    )  # fmt: skip
     argv = wrap(argv, as_root=preflight.is_root())
     transcript.note(f"starting QEMU ({accel.value})")
     return Machine(argv, logfile=transcript)

@@ -40,6 +40,7 @@ BOX_KERNEL = "boot/vmlinuz-linux"
 BOX_INITRD = "boot/initramfs-linux.img"
 SCRATCH_SERIAL = "pa-scratch"  # the stream install's disk: /dev/disk/by-id/virtio-pa-scratch in the guest
 STREAM_PORT = "org.provision-arch.stream"  # /dev/virtio-ports/<this> in the guest
+KEYRING_PORT = "org.provision-arch.keyring"  # the live keyring's way to the host (see keyring.py)
 # The virtio transport caps msize at 512000 (the seed's 5000000 is silently that).
 MSIZE = 512000
 COMMAND_LINE_SIZE = 2048  # x86's limit on the kernel command line, its final NUL included
@@ -125,17 +126,29 @@ def stream_argv(stream: Stream) -> list[str]:
         # serial names it in the guest (/dev/disk/by-id/virtio-SERIAL), whatever else is attached.
         "-drive", f"file={qemu_value(stream.scratch.resolve())},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap",
         "-device", f"virtio-blk-pci,drive=scratch,serial={SCRATCH_SERIAL}",
-        "-device", "virtio-serial-pci",
-        "-chardev", f"pipe,id=stream,path={qemu_value(stream.pipe.resolve())}",
-        "-device", f"virtserialport,chardev=stream,name={STREAM_PORT}",
     ]  # fmt: skip
+
+
+def ports_argv(ports: Sequence[tuple[str, Path]]) -> list[str]:
+    """Serial ports from the guest to the host, on one virtio-serial device: each ``(name,
+    pipe)`` is /dev/virtio-ports/NAME in the guest, and QEMU writes what the guest sends
+    there to PIPE.out (a FIFO the host reads)."""
+    if not ports:
+        return []
+    argv = ["-device", "virtio-serial-pci"]
+    for number, (name, pipe) in enumerate(ports):
+        argv += [
+            "-chardev", f"pipe,id=port{number},path={qemu_value(pipe.resolve())}",
+            "-device", f"virtserialport,chardev=port{number},name={name}",
+        ]  # fmt: skip
+    return argv
 
 
 # Units the live ISO enables (archiso's releng profile) that an install does without: each
 # costs the guest's CPU while the keyring is made, and under TCG every second of it is the
 # user's. sshdgenkeys makes three host keys (RSA 3072 among them) at every live boot;
 # cloud-init runs its stages; the clock comes from -rtc, not NTP; pacman-init's keyring the
-# install makes itself, faster (install.MAKE_KEYRING).
+# install makes itself, faster, or once per ISO (keyring.py).
 LIVE_MASKED = (
     "pacman-init.service",
     "sshd.service",
@@ -161,8 +174,12 @@ def install_argv(
     mirror: str | None = None,
     package_cache: Path | None = None,
     stream: Stream | None = None,
+    keyring: Path | None = None,
 ) -> list[str]:
     """Boot the ISO's kernel directly with a serial console for the driver.
+
+    ``stream`` adds the stream install's scratch disk and port, ``keyring`` the port the
+    live keyring is sent to the host on (the pipe of each).
 
     No ``ip=dhcp`` (it switches archiso to PXE mode). Kernel messages stay on until the
     driver logs in (they explain a failed boot in the transcript); systemd's status lines
@@ -194,6 +211,7 @@ def install_argv(
         *share_argv(STAGE_TAG, stage, readonly=True),
         *cache,
         *([] if stream is None else stream_argv(stream)),
+        *ports_argv(([(STREAM_PORT, stream.pipe)] if stream else []) + ([(KEYRING_PORT, keyring)] if keyring else [])),
         "-kernel", str(boot.kernel),
         "-initrd", str(boot.initrd),
         "-append", " ".join(append),

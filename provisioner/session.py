@@ -19,12 +19,14 @@ from pathlib import Path, PurePosixPath
 
 from provisioner import users
 from provisioner.config import Config, InstallVia
+from provisioner.keyring import LiveKeyring
 from provisioner.qemu import Stream
 from provisioner.render import render, rootfs_files
 from provisioner.staged import StagedFile
 from provisioner.workspace import Workspace, create_private
 
 RUN_ID = ".run-id"  # in the stage: proves to the guest that the share it mounted is this run's
+KEPT_KEYRING = ".keyring.tar"  # in the stage: the live keyring an earlier run from the same ISO kept
 SNAPSHOT_MIRRORLIST = "snapshot/mirrorlist.j2"
 SCRATCH_SIZE = 64 << 30  # the stream install's sparse scratch disk: room for any package set
 
@@ -40,6 +42,7 @@ class Session:
     user_passwords: StagedFile | None = None  # chpasswd -e input for the users with a password hash
     copied: tuple[StagedFile, ...] = ()  # the config's [[files]], installed by the files step
     resuming: bool = False  # an earlier run on this target stopped part way
+    live_keyring: LiveKeyring | None = None  # set once the ISO is known (None: made, not kept)
 
     @classmethod
     def create(cls, cfg: Config, resuming: bool = False) -> Session:
@@ -87,6 +90,12 @@ class Session:
             return None
         return Stream(scratch=self.workspace.scratch, pipe=self.workspace.pipe)
 
+    @property
+    def keyring_port(self) -> Path | None:
+        """The pipe of the port the live keyring is sent to the host on, when this run keeps it."""
+        live = self.live_keyring
+        return self.workspace.keyring_pipe if live is not None and live.kept is None else None
+
     def staged(self, file: StagedFile) -> Path:
         return self.stage_dir / file.stage_name
 
@@ -105,6 +114,12 @@ class Session:
                 scratch.truncate(SCRATCH_SIZE)
             for end in (".in", ".out"):
                 os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
+        if (live := self.live_keyring) is not None:
+            if live.kept is not None:
+                self.workspace.write_private(self.stage_dir / KEPT_KEYRING, live.kept)
+            else:
+                for end in (".in", ".out"):
+                    os.mkfifo(self.workspace.keyring_pipe.with_name(self.workspace.keyring_pipe.name + end), 0o600)
         for file in self.all_files:
             path = self.staged(file)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ in the user's state directory (``$XDG_STATE_HOME/provision-arch/boxes/NAME-HASH`
   with the guest read-only, for the install only;
 - ``scratch.img``, ``stream``, ``stream.tar`` — the stream install's disk, port and
   archive;
+- ``keyring``, ``keyring.tar`` — the port the live keyring comes over, and what came
+  (checked, then kept in the user's cache: ``keyring``);
 - ``boot/`` — the kernel and initramfs, copied out of the tree for each boot;
   ``printed-boot/`` the copies a ``boot --print`` command line names;
 - ``throwaway/ID/`` — one ``--ephemeral`` boot's scratch disk (``disk.img``, removed when
@@ -109,6 +111,14 @@ class Workspace:
         return self.root / "stream.tar"
 
     @property
+    def keyring_pipe(self) -> Path:
+        return self.root / "keyring"
+
+    @property
+    def keyring(self) -> Path:
+        return self.root / "keyring.tar"
+
+    @property
     def boot(self) -> Path:
         return self.root / "boot"
 
@@ -146,6 +156,9 @@ class Workspace:
             self.pipe.with_name("stream.in"),
             self.pipe.with_name("stream.out"),
             self.archive,
+            self.keyring_pipe.with_name("keyring.in"),
+            self.keyring_pipe.with_name("keyring.out"),
+            self.keyring,
             self.boot,
             self.root / "throwaway",
         )
