@@ -38,7 +38,6 @@ from provisioner.qemu import (
     BOX_INITRD,
     BOX_KERNEL,
     CACHE_TAG,
-    KEYRING_PORT,
     MOUNT_TAG,
     MSIZE,
     SCRATCH_SERIAL,
@@ -117,18 +116,12 @@ def make_keyring(con: Console, session: Session, timeout: float) -> str | None:
 
 
 def keep_keyring(con: Console, session: Session, live: LiveKeyring) -> str:
-    """Send the keyring just made to the host on its own port and keep it for the next run
-    from this ISO; what is said of it. The install goes on without it if it cannot be kept."""
-    port, received = session.workspace.keyring_pipe, session.workspace.keyring
-    archive = f"{GUEST_RUN}/keyring-{session.run_id}.tar"
+    """Have the keyring just made sent to the host and keep it for the next run from this ISO;
+    what is said of it. The install goes on without it if it cannot be kept."""
+    received = session.workspace.keyring
     try:
-        with Receiver(port.with_name(port.name + ".out"), received, limit=keyring.LIMIT) as receiver:
-            size = int(con.check(keyring.pack(archive), 120).split()[-1])
-            if size > keyring.LIMIT:
-                raise KeyringError(f"the keyring is {size} bytes, more than {keyring.LIMIT}", "")
-            con.check(keyring.send(archive, f"/dev/virtio-ports/{KEYRING_PORT}"), 120)
-            receiver.wait_for(size, stream.SETTLE)
-        keyring.keep(live.path, received.read_bytes())
+        archive = f"{GUEST_RUN}/keyring-{session.run_id}.tar"
+        keyring.keep(live.path, keyring.receive(con, session.workspace.keyring_pipe, received, archive))
     except (CommandFailed, KeyringError, stream.StreamError, ValueError, OSError) as exc:  # a timeout is not: the console is lost
         reason = exc.message if isinstance(exc, ProvisionError) else str(exc)
         return f"the live keyring was not kept for the next install from this ISO: {reason}"

@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from shlex import quote as q
 
+from provisioner.console import Console
 from provisioner.errors import ExitCode, ProvisionError
+from provisioner.qemu import KEYRING_PORT
+from provisioner.stream import SETTLE, Receiver
 from provisioner.workspace import create_private
 
 # What pacman-key --init and --populate leave that a signature check reads: the public keys,
@@ -97,6 +100,21 @@ def pack(archive: str) -> str:
 def send(archive: str, port: str) -> str:
     """The guest command that writes ``archive`` to the ``port`` device, then removes it."""
     return f"dd if={q(archive)} of={q(port)} bs=64K status=none; rc=$?; rm -f {q(archive)}; (exit $rc)"
+
+
+def receive(con: Console, pipe: Path, into: Path, archive: str) -> bytes:
+    """The keyring the live system just made, packed into ``archive`` there and sent on the
+    keyring port (QEMU's ``pipe``) into ``into``; checked. The port is read for exactly the
+    bytes the guest's tar wrote, no more."""
+    with Receiver(pipe.with_name(pipe.name + ".out"), into, limit=LIMIT) as receiver:
+        size = int(con.check(pack(archive), 120).split()[-1])
+        if size > LIMIT:
+            raise KeyringError(f"the keyring is {size} bytes, more than {LIMIT}", "it is made again")
+        con.check(send(archive, f"/dev/virtio-ports/{KEYRING_PORT}"), 120)
+        receiver.wait_for(size, SETTLE)
+    data = into.read_bytes()
+    check(data)
+    return data
 
 
 def restore(archive: str) -> str:
