@@ -304,10 +304,25 @@ def _warn_secret_flags(ctx: typer.Context, events: Bus) -> None:
             events.note(secret_in_argv(row))
 
 
+# What provision-arch keeps in the user's cache and trusts on its next run (the verified ISOs,
+# the kept live keyrings): the guest, which writes the package cache, must reach neither.
+TRUSTED_CACHES = ("iso", "keyrings")
+
+
 def _with_cache(cfg: Config) -> Config:
-    """The package cache's default place, in the user's cache directory."""
+    """The package cache's default place, in the user's cache directory; UsageError for one
+    that holds what a run trusts (``TRUSTED_CACHES``)."""
     if cfg.cache_packages and cfg.package_cache is None:
         return dataclasses.replace(cfg, package_cache=cache_home() / "pkg")
+    if cfg.cache_packages and cfg.package_cache is not None:
+        shared = cfg.package_cache.resolve()
+        for name in TRUSTED_CACHES:
+            trusted = (cache_home() / name).resolve()
+            if shared == trusted or shared in trusted.parents:
+                raise UsageError(
+                    f"--package-cache {cfg.package_cache} holds {trusted}, which the guest must not write",
+                    f"give a directory of its own (the default is {cache_home() / 'pkg'})",
+                )
     return cfg
 
 

@@ -112,7 +112,13 @@ def make_keyring(con: Console, session: Session, timeout: float) -> str | None:
             exc.output,
             "under TCG the keyring takes minutes; raise --timeout-scale, or use KVM",
         ) from exc
-    return None if live is None else keep_keyring(con, session, live)
+    if live is None:
+        return None
+    # Before anything else runs: the made master key's secret must not outlive the moment.
+    con.check(keyring.FORGET, 60, hint="the live system could not forget its keyring's master key; see the transcript")
+    said = keep_keyring(con, session, live)
+    con.check(keyring.RENEW, timeout, hint="the live system could not make a new keyring master key; see the transcript")
+    return said
 
 
 def keep_keyring(con: Console, session: Session, live: LiveKeyring) -> str:
@@ -552,7 +558,8 @@ def in_live_system(
             )
     if cfg.cache_packages and cfg.package_cache:
         cfg.package_cache.mkdir(parents=True, exist_ok=True)
-    session = dataclasses.replace(session, live_keyring=live_keyring(cfg, cache_dir, iso_sha256, events))
+    if any(step.name == "keyring" for step in steps):  # an update has none: it keeps no keyring, and has no port
+        session = dataclasses.replace(session, live_keyring=live_keyring(cfg, cache_dir, iso_sha256, events))
     try:
         transcript = Transcript(
             session.transcript, redact=cfg.password_hashes, on_line=lambda line: events.emit(ConsoleLine(line))

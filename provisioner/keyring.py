@@ -7,19 +7,21 @@ revoked ones disabled, the trust database computed). Under TCG that is most of a
 the stand-in's six keys and several on the real ISO's 160, and its public result depends
 on nothing but the ISO.
 
-So the first install from an ISO makes the keyring (``MAKE``) and sends its public part
-(``MEMBERS``) to the host on a serial port of its own, right after making it: before
-the live system has run any package's code, so the keyring holds exactly the trust the
-signed ISO ships. The host reads exactly the bytes the guest's tar wrote and stops reading
-(what the guest writes to the port later reaches nothing), checks the tar is those regular
-files and no more (``check``), and keeps it in the user's cache, 0600 in a 0700 directory,
+So the first install from an ISO makes the keyring (``MAKE``), forgets its master key's
+secret (``FORGET``), and sends the keyring's public part (``MEMBERS``) to the host on a
+serial port of its own: all before the live system has run any package's code, so the
+keyring holds exactly the trust the signed ISO ships, and the one secret that could
+certify a key for it is gone before anything untrusted could read it. The host reads exactly
+the bytes the guest's tar wrote and stops reading (what the guest writes to the port later
+reaches nothing), checks the tar is those regular files and no more and packs them again
+itself (``canonical``), and keeps that in the user's cache, 0600 in a 0700 directory,
 named by the ISO's sha256. The next install from that ISO finds it on the read-only stage
-and unpacks it into the live keyring's directory (``restore``), then makes a new master key
-for what signs locally later (archlinux-keyring's own --populate when the keyring is
-refreshed): ed25519, made in milliseconds, ultimately trusted as gpg makes its own keys.
+and unpacks it into the live keyring's directory (``restore``). Either way the live system
+then makes a new master key for its own local signatures (``RENEW``: archlinux-keyring's
+--populate when the keyring is refreshed), which is never kept.
 
-The kept keyring holds no secret: the first master key's secret part dies with the live
-system that made it; its public part, its ultimate ownertrust and its local signatures of
+The kept keyring holds no secret, and no secret of any key it trusts ultimately exists any
+more. Its first master key's public part, ultimate ownertrust and local signatures of
 Arch's master keys stay, which is all that checking a signature needs. Whoever can write
 the user's cache can already replace the cached ISO and its record of verification
 (``acquire``), so keeping the keyring there trusts no one new (docs/trust.md).
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +47,7 @@ from provisioner.workspace import create_private
 # the trust database, and pacman-key's settings for gpg and its agent.
 MEMBERS = ("gpg.conf", "gpg-agent.conf", "pubring.gpg", "trustdb.gpg")
 LIMIT = 32 << 20  # bytes: Arch's keyring is 1.3 MiB
-VERSION = 1  # of what is kept and how it was made: a kept keyring of another version is made again
+VERSION = 2  # of what is kept and how it was made: a kept keyring of another version is made again
 TRUSTDB_LINE = "no-auto-check-trustdb"
 # pacman-init's work: pacman-key --init, then --populate with gpg told not to recompute its
 # trust database after each of the master keys' local signatures, most of populate's time,
@@ -64,11 +67,24 @@ MAKE = " && ".join([
     "pacman-key --populate archlinux",
     f"sed -i '/^{TRUSTDB_LINE}$/d' \"$gpgdir/gpg.conf\"",
 ])  # fmt: skip
-# A master key as pacman-key names its own, for the local signatures still to come.
-NEW_MASTER = (
+# The made master key's secret, forgotten before its keyring is kept: its public key stays
+# ultimately trusted, and no program the live system runs later (a package's scriptlet) can
+# read a secret that certifies keys for every later install from the same ISO.
+FORGET = " && ".join([
+    GPGDIR,
+    'gpgconf --homedir "$gpgdir" --kill gpg-agent',
+    'rm -rf "$gpgdir/private-keys-v1.d"',
+    '! gpg --homedir "$gpgdir" --batch --no-permission-warning --list-secret-keys --with-colons | grep -q "^sec:"',
+])  # fmt: skip
+# A new master key as pacman-key names its own, for this live system's local signatures still
+# to come (archlinux-keyring's --populate when it is refreshed): ed25519, made in milliseconds,
+# ultimately trusted as gpg trusts each key it makes; then the trust database checked once.
+RENEW = " && ".join([
+    GPGDIR,
     'gpg --homedir "$gpgdir" --batch --yes --no-permission-warning --pinentry-mode loopback --passphrase "" '
-    "--quick-generate-key 'Pacman Keyring Master Key <pacman@localhost>' ed25519 sign never"
-)
+    "--quick-generate-key 'Pacman Keyring Master Key <pacman@localhost>' ed25519 sign never",
+    'gpg --homedir "$gpgdir" --batch --no-permission-warning --check-trustdb',
+])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,17 +120,19 @@ def send(archive: str, port: str) -> str:
 
 def receive(con: Console, pipe: Path, into: Path, archive: str) -> bytes:
     """The keyring the live system just made, packed into ``archive`` there and sent on the
-    keyring port (QEMU's ``pipe``) into ``into``; checked. The port is read for exactly the
-    bytes the guest's tar wrote, no more."""
+    keyring port (QEMU's ``pipe``) into ``into``: exactly as many bytes as the guest's tar
+    wrote, and ``canonical``."""
     with Receiver(pipe.with_name(pipe.name + ".out"), into, limit=LIMIT) as receiver:
-        size = int(con.check(pack(archive), 120).split()[-1])
-        if size > LIMIT:
-            raise KeyringError(f"the keyring is {size} bytes, more than {LIMIT}", "it is made again")
+        said = con.check(pack(archive), 120).split()
+        if not said or not said[-1].isdigit() or int(said[-1]) > LIMIT:
+            raise KeyringError(f"the guest's keyring size is not a size up to {LIMIT}: {said[-1:]}", "it is made again")
+        size = int(said[-1])
         con.check(send(archive, f"/dev/virtio-ports/{KEYRING_PORT}"), 120)
         receiver.wait_for(size, SETTLE)
     data = into.read_bytes()
-    check(data)
-    return data
+    if len(data) != size:
+        raise KeyringError(f"{len(data)} bytes of keyring arrived, not the {size} the guest sent", "it is made again")
+    return canonical(data)
 
 
 def restore(archive: str) -> str:
@@ -124,45 +142,64 @@ def restore(archive: str) -> str:
         MOUNT,
         'mkdir -p -m 755 "$gpgdir"',
         f'tar -x --no-same-owner -C "$gpgdir" -f {q(archive)}',
-        NEW_MASTER,
-        'gpg --homedir "$gpgdir" --batch --no-permission-warning --check-trustdb',
+        RENEW,
     ])  # fmt: skip
 
 
-def check(data: bytes) -> None:
-    """KeyringError unless ``data`` is a tar of exactly ``MEMBERS``, each a regular file, at most ``LIMIT`` bytes in all."""
+def canonical(data: bytes) -> bytes:
+    """The keyring ``data`` holds, packed again by the host: a ustar of exactly ``MEMBERS`` in
+    that order, regular files, 0644, owned by 0:0, no times. KeyringError unless ``data`` is a
+    tar (at most ``LIMIT`` bytes) of those names, each a regular file, and nothing else.
+
+    Only what Python's tarfile read goes on, so no other reader of ``data`` (GNU tar skips
+    a bad header and reads on, where tarfile stops) can find more in what is kept."""
     if len(data) > LIMIT:
         raise KeyringError(f"the keyring is {len(data)} bytes, more than {LIMIT}", "it is made again")
+    contents: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = tar.getmembers()
-    except (tarfile.TarError, EOFError) as exc:
+            names = sorted(member.name for member in members)
+            if names != sorted(MEMBERS):
+                held = ", ".join(map(repr, names)) or "nothing"
+                raise KeyringError(f"the keyring holds {held}, not {', '.join(MEMBERS)}", "it is made again")
+            if odd := [member.name for member in members if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE)]:
+                raise KeyringError(f"the keyring's {', '.join(odd)} is not a regular file", "it is made again")
+            for member in members:
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file's
+                contents[member.name] = handle.read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
         raise KeyringError(f"the keyring is not a tar: {exc}", "it is made again") from exc
-    names = sorted(member.name for member in members)
-    if names != sorted(MEMBERS):
-        held = ", ".join(map(repr, names)) or "nothing"
-        raise KeyringError(f"the keyring holds {held}, not {', '.join(MEMBERS)}", "it is made again")
-    if odd := [member.name for member in members if not member.isreg()]:
-        raise KeyringError(f"the keyring's {', '.join(odd)} is not a regular file", "it is made again")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in MEMBERS:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(contents[name]), 0o644
+            tar.addfile(info, io.BytesIO(contents[name]))
+    return out.getvalue()
 
 
 def load(path: Path) -> bytes | None:
-    """The keyring kept at ``path``, checked; None if there is none. KeyringError if it does not check out."""
+    """The keyring kept at ``path``, ``canonical``; None if there is none. KeyringError if it
+    is not a regular file of the user's, or does not check out."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise KeyringError(f"cannot read the kept keyring {path}: {exc.strerror}", "it is made again") from exc
     with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise KeyringError(f"the kept keyring {path} is not a regular file of yours", "it is made again")
         data = handle.read(LIMIT + 1)
-    check(data)
-    return data
+    return canonical(data)
 
 
 def keep(path: Path, data: bytes) -> None:
-    """Keep a checked keyring at ``path``: 0600, in a 0700 directory, replaced whole."""
-    check(data)
+    """Keep the ``canonical`` keyring of ``data`` at ``path``: 0600, in a 0700 directory, replaced whole."""
+    data = canonical(data)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.parent.chmod(0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

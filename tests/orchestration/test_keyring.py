@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from provisioner.errors import ExitCode
-from provisioner.keyring import MEMBERS
+from provisioner.keyring import MEMBERS, VERSION
 from provisioner.manifest import file_sha256
 from provisioner.qemu import KEYRING_PORT
 from provisioner.workspace import Workspace
@@ -21,7 +21,7 @@ LIVE_INIT = "pacman-key --init "  # the live keyring's (the box's names its --gp
 
 
 def kept(tmp_path: Path, iso: Path) -> Path:
-    return tmp_path / "cache/provision-arch/keyrings" / f"{file_sha256(iso)}-v1.tar"
+    return tmp_path / "cache/provision-arch/keyrings" / f"{file_sha256(iso)}-v{VERSION}.tar"
 
 
 def notes(run: Any) -> list[str]:
@@ -42,6 +42,13 @@ def test_the_first_install_keeps_the_keyring_and_the_next_starts_from_it(
         assert tar.extractfile("pubring.gpg").read() == b"master key (rsa4096)\nthe Arch keys\n"  # type: ignore[union-attr]
     assert KEYRING_PORT in " ".join(fake.launches()[0]["argv"])
     assert fake.commands().count(LIVE_INIT) == 1
+    # The made master key's secret is gone before the keyring is packed; a new one comes after.
+    commands = fake.commands().splitlines()
+    forget = commands.index(f"gpgconf --homedir {fake.dir}/gnupg/ --kill gpg-agent ")
+    packed = next(i for i, line in enumerate(commands) if line.startswith("dd if=/run/provision-arch/keyring-"))
+    renew = next(i for i, line in enumerate(commands) if "--quick-generate-key" in line)
+    refresh = next(i for i, line in enumerate(commands) if line.startswith("pacman -Sy"))
+    assert commands.index(LIVE_INIT) < forget < packed < renew < refresh
 
     second = install("--install-via", via, target=tmp_path / "two")
     assert second.exit_code == 0, second.stderr
@@ -132,3 +139,12 @@ def test_a_kept_keyring_the_live_system_cannot_use_is_a_one_line_error(
     assert run.exit_code == ExitCode.STEP, run.stderr
     error = run.events[-1]
     assert error["type"] == "error" and "--no-keep-keyring" in error["hint"] and str(kept(tmp_path, iso)) in error["hint"]
+
+
+def test_a_package_cache_that_holds_the_kept_keyrings_is_refused(install: Any, fake: Fake, tmp_path: Path) -> None:
+    """The guest writes the package cache: it must not reach what the next run trusts."""
+    for shared in (tmp_path / "cache/provision-arch", tmp_path / "cache", tmp_path / "cache/provision-arch/keyrings"):
+        run = install("--package-cache", str(shared))
+        assert run.exit_code == ExitCode.USAGE, run.stderr
+        assert "which the guest must not write" in run.events[-1]["message"]
+    assert fake.launches() == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import keyring
-from provisioner.keyring import MEMBERS, KeyringError, check, keep, load
+from provisioner.keyring import MEMBERS, KeyringError, canonical, keep, load
 
 
 def tar_of(members: dict[str, bytes], kind: bytes = tarfile.REGTYPE) -> bytes:
@@ -33,8 +33,34 @@ def tar_of(members: dict[str, bytes], kind: bytes = tarfile.REGTYPE) -> bytes:
 GOOD = {name: f"{name}\n".encode() for name in MEMBERS}
 
 
-def test_a_tar_of_exactly_the_members_checks_out() -> None:
-    check(tar_of(GOOD))
+def test_a_tar_of_exactly_the_members_is_packed_again_canonically() -> None:
+    with tarfile.open(fileobj=io.BytesIO(canonical(tar_of(GOOD)))) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == list(MEMBERS)
+        assert {(m.mode, m.uid, m.gid, m.mtime, m.type) for m in members} == {(0o644, 0, 0, 0, tarfile.REGTYPE)}
+        assert {m.name: tar.extractfile(m).read() for m in members} == GOOD  # type: ignore[union-attr]
+    assert canonical(canonical(tar_of(GOOD))) == canonical(tar_of(GOOD))
+
+
+def test_what_gnu_tar_would_find_beyond_a_bad_header_is_not_kept(tmp_path: Path) -> None:
+    """tarfile stops at a bad header where GNU tar skips it and reads on: only what tarfile
+    read is packed again, so the guest's tar finds nothing more."""
+    hidden = io.BytesIO()
+    with tarfile.open(fileobj=hidden, mode="w") as tar:
+        info = tarfile.TarInfo("evil")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    good = tar_of(GOOD)
+    with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512  # the four members, without the end-of-archive blocks
+    data = good[:end] + b"\x01" * 512 + hidden.getvalue()
+    (tmp_path / "given.tar").write_bytes(data)
+    listed = subprocess.run(["tar", "-tf", tmp_path / "given.tar"], capture_output=True, text=True, check=False)
+    assert "evil" in listed.stdout, "the planted tar no longer shows the difference"
+    (tmp_path / "kept.tar").write_bytes(canonical(data))
+    kept = subprocess.run(["tar", "-tf", tmp_path / "kept.tar"], capture_output=True, text=True, check=True)
+    assert kept.stdout.split() == list(MEMBERS)
 
 
 @pytest.mark.parametrize(
@@ -55,21 +81,21 @@ def test_a_tar_of_exactly_the_members_checks_out() -> None:
 )
 def test_anything_else_is_refused(data: bytes, said: str) -> None:
     with pytest.raises(KeyringError, match=said):
-        check(data)
+        canonical(data)
 
 
 def test_more_than_the_limit_is_refused_unread(monkeypatch: pytest.MonkeyPatch) -> None:
     data = tar_of(GOOD)
     monkeypatch.setattr(keyring, "LIMIT", len(data) - 1)
     with pytest.raises(KeyringError, match="more than"):
-        check(data)
+        canonical(data)
 
 
 def test_kept_0600_in_a_0700_directory_and_read_back(tmp_path: Path) -> None:
     path = keyring.kept_path(tmp_path / "cache", "ab" * 32)
     keep(path, tar_of(GOOD))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert load(path) == tar_of(GOOD)
+    assert load(path) == canonical(tar_of(GOOD)) == path.read_bytes()
     assert load(path.with_name("other.tar")) is None
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
@@ -79,7 +105,7 @@ def test_keep_refuses_what_does_not_check_out_and_keeps_the_old(tmp_path: Path) 
     keep(path, tar_of(GOOD))
     with pytest.raises(KeyringError):
         keep(path, tar_of({**GOOD, "extra": b""}))
-    assert load(path) == tar_of(GOOD)
+    assert load(path) == canonical(tar_of(GOOD))
 
 
 def test_a_kept_keyring_behind_a_link_is_not_read(tmp_path: Path) -> None:
@@ -88,6 +114,14 @@ def test_a_kept_keyring_behind_a_link_is_not_read(tmp_path: Path) -> None:
     (tmp_path / "planted.tar").write_bytes(tar_of(GOOD))
     path.symlink_to(tmp_path / "planted.tar")
     with pytest.raises(KeyringError, match="cannot read"):
+        load(path)
+
+
+def test_a_kept_keyring_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    path = keyring.kept_path(tmp_path, "ab" * 32)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    with pytest.raises(KeyringError, match="not a regular file of yours"):
         load(path)
 
 
@@ -138,12 +172,13 @@ def test_a_restored_keyring_trusts_what_the_made_one_does_and_signs_anew(tmp_pat
     made, restored = tmp_path / "made", tmp_path / "restored"
     try:
         live_shell(tmp_path, made, keyring.MAKE)
-        size = int(live_shell(tmp_path, made, keyring.pack(str(tmp_path / "kept.tar"))).split()[-1])
-        data = (tmp_path / "kept.tar").read_bytes()
+        assert list((made / "private-keys-v1.d").glob("*.key")), "pacman-key --init made no secret key"
+        live_shell(tmp_path, made, keyring.FORGET)
+        assert not list((made / "private-keys-v1.d").glob("*")), "a secret key left"
+        size = int(live_shell(tmp_path, made, keyring.pack(str(tmp_path / "sent.tar"))).split()[-1])
+        data = (tmp_path / "sent.tar").read_bytes()
         assert len(data) == size
-        check(data)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            assert not [m.name for m in tar.getmembers() if "private" in m.name or m.name.endswith(".key")]
+        (tmp_path / "kept.tar").write_bytes(canonical(data))
         live_shell(tmp_path, restored, keyring.restore(str(tmp_path / "kept.tar")))
         before, after = validity(tmp_path, made), validity(tmp_path, restored)
         new = set(after) - set(before)
