@@ -29,7 +29,8 @@ On the offline stand-in (built as root the first time), in this order:
    to a ready pacman keyring, four ways in turn, FIXED_ROUNDS rounds: as before (every unit
    of the ISO, pacman-init's keyring), with the units the install does without masked but
    pacman-init's keyring, as a first install from an ISO does today (``qemu.LIVE_MASKED``,
-   the install's own keyring, ``keyring.MAKE``, then sent to the host and kept), and as
+   the install's own keyring, ``keyring.MAKE``, its master key's secret forgotten, sent to
+   the host and kept, a new master key made), and as
    every later install from that ISO does (the keyring the first way kept in that round,
    unpacked from the stage: ``keyring.restore``); with the keys gpg holds valid each way;
 7. export: ``provision-arch export`` to each format (tar, oci, raw, qcow2), as root, of the
@@ -670,11 +671,14 @@ def live_boot(iso: Path, work: Path, hw: Hardware, way: str, name: str) -> dict[
             con.check("until systemctl is-active -q pacman-init.service; do sleep 0.2; done", 1800)
         else:  # the stage, as the install's mount step has it before the keyring
             con.check(f"mkdir -p {GUEST_STAGE} && mount -t 9p -o {STAGE_MOUNT_OPTIONS} {STAGE_TAG} {GUEST_STAGE}", 60)
-            con.check(keyring.restore(f"{GUEST_STAGE}/{KEPT_KEYRING}") if how == "kept" else keyring.MAKE, 1800)
+            if how == "kept":
+                con.check(keyring.restore(f"{GUEST_STAGE}/{KEPT_KEYRING}"), 1800)
+            else:  # as install.make_keyring: made, its master key's secret forgotten, sent and kept, a new master key
+                con.check(keyring.MAKE, 1800)
+                con.check(keyring.FORGET, 60)
+                kept.write_bytes(keyring.receive(con, port, work / f"{name}-received.tar", "/run/kept-keyring.tar"))
+                con.check(keyring.RENEW, 600)
         figures["QEMU start to a ready keyring"] = time.perf_counter() - started
-        if how == "make":
-            kept.write_bytes(keyring.receive(con, port, work / f"{name}-received.tar", "/run/kept-keyring.tar"))
-            figures["QEMU start to the keyring kept on the host"] = time.perf_counter() - started
         figures["keys the keyring lists"] = float(con.check("pacman-key --list-keys | grep -c '^pub'").split()[-1])
         figures["keys gpg holds valid (full or ultimate)"] = float(con.check(VALID).split()[-1])
         stopping = time.perf_counter()
