@@ -123,7 +123,7 @@ def test_a_keyring_that_stops_short_is_not_kept_and_the_install_goes_on(
     install: Any, fake: Fake, tmp_path: Path, iso: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_FAIL", "keyring-short")
-    monkeypatch.setattr("provisioner.stream.SETTLE", 2.0)
+    monkeypatch.setattr("provisioner.keyring.SETTLE", 2.0)
     run = install()
     assert run.exit_code == 0, run.stderr
     assert any("the live keyring was not kept for the next install from this ISO: the stream" in n for n in notes(run))
