@@ -34,22 +34,14 @@ from provisioner.live import live_console
 from provisioner.manifest import Manifest, Mismatch, compare, file_sha256, installed_packages, write_manifest
 from provisioner.pacman import enable_option, parse_version, sandbox_switch
 from provisioner.preflight import is_root, reachable_by_others
-from provisioner.qemu import (
-    BOX_INITRD,
-    BOX_KERNEL,
-    CACHE_TAG,
-    MOUNT_TAG,
-    MSIZE,
-    SCRATCH_SERIAL,
-    STAGE_TAG,
-    STREAM_PORT,
-)  # fmt: skip
+from provisioner.qemu import BOX_INITRD, BOX_KERNEL, CACHE_TAG, MOUNT_TAG, MSIZE, SCRATCH_SERIAL, STAGE_TAG, STREAM_PORT
 from provisioner.session import KEPT_KEYRING, RUN_ID, SCRATCH_SIZE, Session
 from provisioner.staged import StagedFile
 from provisioner.state import State, save
 from provisioner.stream import TAR_PACK, Receiver
 from provisioner.tree import IN_ROOT, Tree, as_guest_root
 from provisioner.users import User
+from provisioner.workspace import pipe_ends
 
 MNT = "/mnt"
 GUEST_RUN = "/run/provision-arch"  # the install's own files in the live system (never in the target)
@@ -418,7 +410,7 @@ def send_tree(con: Console, session: Session, timeout: float) -> str:
     records (RECORD bytes): under TCG every write to it costs a trap, and tee's 8 KiB writes
     made it a fifth as fast."""
     assert session.stream is not None  # the step is enabled only then
-    out = session.stream.pipe.with_name(session.stream.pipe.name + ".out")
+    out = pipe_ends(session.stream.pipe)[1]
     with Receiver(out, session.workspace.archive, limit=STREAM_LIMIT) as receiver:
         # Busybox runs its own applets before PATH, so GNU find and tar by their paths. The
         # tree's top-level entries are named (tar cannot remove "." itself; the host makes the

@@ -41,7 +41,7 @@ from provisioner.console import Console
 from provisioner.errors import ExitCode, ProvisionError
 from provisioner.qemu import KEYRING_PORT
 from provisioner.stream import SETTLE, Receiver
-from provisioner.workspace import create_private
+from provisioner.workspace import create_private, pipe_ends
 
 # What pacman-key --init and --populate leave that a signature check reads: the public keys,
 # the trust database, and pacman-key's settings for gpg and its agent.
@@ -122,7 +122,7 @@ def receive(con: Console, pipe: Path, into: Path, archive: str) -> bytes:
     """The keyring the live system just made, packed into ``archive`` there and sent on the
     keyring port (QEMU's ``pipe``) into ``into``: exactly as many bytes as the guest's tar
     wrote, and ``canonical``."""
-    with Receiver(pipe.with_name(pipe.name + ".out"), into, limit=LIMIT) as receiver:
+    with Receiver(pipe_ends(pipe)[1], into, limit=LIMIT) as receiver:
         said = con.check(pack(archive), 120).split()
         if not said or not said[-1].isdigit() or int(said[-1]) > LIMIT:
             raise KeyringError(f"the guest's keyring size is not a size up to {LIMIT}: {said[-1:]}", "it is made again")

@@ -23,7 +23,7 @@ from provisioner.keyring import LiveKeyring
 from provisioner.qemu import Stream
 from provisioner.render import render, rootfs_files
 from provisioner.staged import StagedFile
-from provisioner.workspace import Workspace, create_private
+from provisioner.workspace import Workspace, create_private, make_pipe
 
 RUN_ID = ".run-id"  # in the stage: proves to the guest that the share it mounted is this run's
 KEPT_KEYRING = ".keyring.tar"  # in the stage: the live keyring an earlier run from the same ISO kept
@@ -112,14 +112,11 @@ class Session:
             # Sparse: the guest's file system takes only what it writes. 0600: it will hold the tree.
             with os.fdopen(create_private(stream.scratch), "wb") as scratch:
                 scratch.truncate(SCRATCH_SIZE)
-            for end in (".in", ".out"):
-                os.mkfifo(stream.pipe.with_name(stream.pipe.name + end), 0o600)
-        if (live := self.live_keyring) is not None:
-            if live.kept is not None:
-                self.workspace.write_private(self.stage_dir / KEPT_KEYRING, live.kept)
-            else:
-                for end in (".in", ".out"):
-                    os.mkfifo(self.workspace.keyring_pipe.with_name(self.workspace.keyring_pipe.name + end), 0o600)
+            make_pipe(stream.pipe)
+        if (live := self.live_keyring) is not None and live.kept is not None:
+            self.workspace.write_private(self.stage_dir / KEPT_KEYRING, live.kept)
+        if port := self.keyring_port:
+            make_pipe(port)
         for file in self.all_files:
             path = self.staged(file)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -153,11 +153,9 @@ class Workspace:
         return (
             self.stage,
             self.scratch,
-            self.pipe.with_name("stream.in"),
-            self.pipe.with_name("stream.out"),
+            *pipe_ends(self.pipe),
             self.archive,
-            self.keyring_pipe.with_name("keyring.in"),
-            self.keyring_pipe.with_name("keyring.out"),
+            *pipe_ends(self.keyring_pipe),
             self.keyring,
             self.boot,
             self.root / "throwaway",
@@ -229,6 +227,18 @@ class Workspace:
         finally:
             os.close(fd)
         return False
+
+
+def pipe_ends(pipe: Path) -> tuple[Path, Path]:
+    """The two FIFOs of QEMU's chardev pipe at ``pipe``: PIPE.in (QEMU reads it) and PIPE.out
+    (QEMU writes what the guest sends there)."""
+    return pipe.with_name(pipe.name + ".in"), pipe.with_name(pipe.name + ".out")
+
+
+def make_pipe(pipe: Path) -> None:
+    """Both FIFOs of ``pipe_ends``, 0600."""
+    for end in pipe_ends(pipe):
+        os.mkfifo(end, 0o600)
 
 
 def create_private(path: Path) -> int:

@@ -109,6 +109,7 @@ from provisioner.session import KEPT_KEYRING
 from provisioner.stream import TAR_KEEP, TAR_PACK
 from provisioner.unpack import unpack
 from provisioner.virtiofs import require_virtiofsd, start_virtiofsd, user_namespace
+from provisioner.workspace import make_pipe
 from tests.standin import repo
 from tests.standin.archive import ensure_archive, pkgname
 from tests.standin.mirror import Mirror
@@ -656,8 +657,7 @@ def live_boot(iso: Path, work: Path, hw: Hardware, way: str, name: str) -> dict[
     if how == "kept":
         (stage / KEPT_KEYRING).write_bytes(kept.read_bytes())
     if how == "make":
-        for end in (".in", ".out"):
-            os.mkfifo(f"{port}{end}", 0o600)
+        make_pipe(port)
     argv = install_argv(hw, iso, boot, target, stage, keyring=port if how == "make" else None)
     at = argv.index("-append") + 1
     argv[at] = " ".join(a for a in argv[at].split() if a.removeprefix("systemd.mask=") not in unmasked)
